@@ -1,0 +1,132 @@
+"""FocusEngine: the Chain-of-Focus loop. Global view → generate → parse → crop the original → new turn → …"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+from .actions import ActionKind, extract_answer, parse_action
+from .backends.base import Backend, load_backend
+from .generate import decode_greedy, prefill
+from .geometry import PATCH, CropError, View, global_view, plan_crop
+from .images import load_image, render_view
+from .options import AskOptions
+from .protocol import TokenLayout, crop_turn_prompt, opening_prompt
+from .result import FocusResult, StepTrace
+from .state import FocusState
+
+StepCallback = Callable[[StepTrace], None]
+
+
+class FocusEngine:
+    def __init__(self, backend: Backend, options: AskOptions | None = None):
+        self.backend = backend
+        self.options = options or AskOptions()
+        self.layout = TokenLayout(backend.tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | Path, backend: str = "transformers", options: AskOptions | None = None,
+                        **backend_kwargs) -> "FocusEngine":
+        """A Hugging Face checkpoint directory, run by the named backend (`transformers`)."""
+        return cls(load_backend(backend, model_dir, **backend_kwargs), options)
+
+    def ask(self, image, question: str, on_step: StepCallback | None = None, **overrides) -> FocusResult:
+        """The whole question: turns until an answer or a bound. `overrides` replace `AskOptions` fields."""
+        state = self.start(image, question, **overrides)
+        while not state.done:
+            trace = self.step(state)
+            if on_step is not None:
+                on_step(trace)
+        return state.result
+
+    def start(self, image, question: str, **overrides) -> FocusState:
+        options = self.options.with_overrides(**overrides)
+        original = load_image(image)
+        view = global_view(original.size, options.global_min_pixels, options.global_max_pixels)
+        return FocusState(question=question, original=original, options=options, session=self.backend.new_session(),
+                          result=FocusResult(question=question, image_size=original.size), next_view=view)
+
+    def step(self, state: FocusState) -> StepTrace:
+        """One turn: show `state.next_view`, generate a reply, act on it."""
+        if state.done:
+            raise RuntimeError("this question is finished; start() a new one")
+        options, view = state.options, state.next_view
+        first_turn = not state.views
+        t0 = time.perf_counter()
+        image = render_view(state.original, view)
+        embeds = self.backend.encode_image(image)
+        t_vision = time.perf_counter()
+
+        text = opening_prompt(state.question) if first_turn else crop_turn_prompt()
+        new_ids = [] if state.turn_closed else [self.layout.special.im_end]
+        new_ids += self.layout.encode(text, [view.visual_tokens])
+        ids = state.unfed + new_ids
+        state.token_ids += new_ids
+        grid = (1, view.size[1] // PATCH, view.size[0] // PATCH)
+        logits = prefill(state.session, state.cursor, ids, [grid], [embeds], self.layout.special.image_pad)
+        state.views.append(view)
+        t_prefill = time.perf_counter()
+
+        tokens = self.respond(state, logits)
+        t_decode = time.perf_counter()
+        stop_ids = self.layout.special.stop_ids
+        state.token_ids += tokens
+        state.unfed = tokens[-1:]
+        state.turn_closed = bool(tokens) and tokens[-1] in stop_ids
+        reply = self.layout.decode([t for t in tokens if t not in stop_ids], skip_special_tokens=False)
+
+        trace = StepTrace(index=len(state.result.steps), action="none", text=reply, view_region=view.region,
+                          view_size=view.size, visual_tokens=view.visual_tokens, prompt_tokens=len(ids),
+                          new_tokens=len(tokens))
+        self._act(state, reply, trace, hit_token_bound=not state.turn_closed)
+        t_end = time.perf_counter()
+        trace.ms = {"vision": _ms(t0, t_vision), "prefill": _ms(t_vision, t_prefill),
+                    "decode": _ms(t_prefill, t_decode), "total": _ms(t0, t_end)}
+        state.result.steps.append(trace)
+        return trace
+
+    def respond(self, state: FocusState, logits) -> list[int]:
+        """The reply's tokens given the prefill logits; greedy. Its last token stays unfed until the next turn."""
+        return decode_greedy(state.session, state.cursor, logits, state.options.max_new_tokens,
+                             self.layout.special.stop_ids)
+
+    def _act(self, state: FocusState, reply: str, trace: StepTrace, hit_token_bound: bool) -> None:
+        action = parse_action(reply, state.options.box_frame)
+        trace.action = action.kind.value
+        result = state.result
+        if action.kind is ActionKind.ANSWER:
+            return self._finish(state, action.answer, "answer")
+        if action.kind is ActionKind.MALFORMED:
+            trace.error = action.error
+            return self._finish(state, None, "malformed_action")
+        if action.kind is ActionKind.NONE:
+            return self._finish(state, extract_answer(reply), "max_new_tokens" if hit_token_bound else "no_action")
+        trace.box, trace.box_frame, trace.repairs = action.box, action.frame.value, action.notes
+        if result.zooms >= state.options.max_zooms:
+            trace.error = f"zoom budget of {state.options.max_zooms} spent"
+            return self._finish(state, None, "max_zooms")
+        source = 0 if action.source_image is None else action.source_image
+        if not 0 <= source < len(state.views):
+            trace.error = f"box refers to image {source}, but only {len(state.views)} were shown"
+            return self._finish(state, None, "bad_box")
+        try:
+            plan = plan_crop(action.box, state.views[source], state.original.size, state.options.crop_settings,
+                             frame=action.frame.value)
+        except CropError as exc:
+            trace.error = str(exc)
+            return self._finish(state, None, "bad_box")
+        trace.repairs = action.notes + plan.repairs
+        if state.options.stop_on_repeated_box and any(v.region == plan.view.region for v in state.views[1:]):
+            trace.error = f"crop {plan.view.region} was already shown"
+            return self._finish(state, None, "repeated_box")
+        trace.crop_region = plan.view.region
+        state.next_view = plan.view
+
+    @staticmethod
+    def _finish(state: FocusState, answer: str | None, reason: str) -> None:
+        state.result.answer, state.result.stop_reason, state.done = answer, reason, True
+
+
+def _ms(start: float, end: float) -> float:
+    return round((end - start) * 1000.0, 3)

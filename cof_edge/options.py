@@ -1,0 +1,48 @@
+"""Per-question settings: pixel budgets, zoom and token bounds, crop geometry. Overridable per `ask()`."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from .actions import BoxFrame
+from .geometry import FACTOR, CropSettings
+
+
+@dataclass(frozen=True)
+class AskOptions:
+    global_min_pixels: int = 112 * 112
+    global_max_pixels: int = 256 * FACTOR * FACTOR   # 256 visual tokens for the global view
+    crop_min_pixels: int = 112 * 112
+    crop_max_pixels: int = 256 * FACTOR * FACTOR     # 256 visual tokens per crop
+    max_zooms: int = 3
+    max_new_tokens: int = 256                        # per turn
+    enlarge: float = 1.5
+    crop_upscale: float = 2.0
+    min_crop_side: int = 56
+    box_frame: BoxFrame = BoxFrame.PIXELS            # frame of bbox_2d in tool calls
+    stop_on_repeated_box: bool = True
+
+    def __post_init__(self):
+        for name in ("global_min_pixels", "global_max_pixels", "crop_min_pixels", "crop_max_pixels", "max_new_tokens"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.global_min_pixels > self.global_max_pixels:
+            raise ValueError(f"global_min_pixels ({self.global_min_pixels}) exceeds global_max_pixels "
+                             f"({self.global_max_pixels})")
+        if not isinstance(self.max_zooms, int) or self.max_zooms < 0:
+            raise ValueError(f"max_zooms must be an integer >= 0, got {self.max_zooms!r}")
+        object.__setattr__(self, "box_frame", BoxFrame(self.box_frame))
+        self.crop_settings  # validates the crop fields
+
+    @property
+    def crop_settings(self) -> CropSettings:
+        return CropSettings(enlarge=self.enlarge, upscale=self.crop_upscale, min_side=self.min_crop_side,
+                            min_pixels=self.crop_min_pixels, max_pixels=self.crop_max_pixels)
+
+    def with_overrides(self, **overrides) -> "AskOptions":
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise TypeError(f"unknown option(s) {unknown}; known: {sorted(known)}")
+        return dataclasses.replace(self, **overrides) if overrides else self

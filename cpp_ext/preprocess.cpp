@@ -1,0 +1,386 @@
+// Native image preprocessing for Qwen2-VL / Qwen2.5-VL (cof_edge._preprocess).
+//
+// crop -> Pillow-exact BICUBIC resize (uint8) -> rescale+normalize (LUT) -> patchify into the exact
+// layout of transformers' Qwen2VLImageProcessorPil: rows are patches in (gh/2, gw/2, mh, mw) order,
+// each row is (C=3, T=2, 14, 14) with the single frame duplicated along T.
+//
+// The resampler reproduces Pillow's libImaging/Resample.c (8 bpc path): separable two-pass
+// convolution, horizontal pass first, filter support scaled by the reduction factor, coefficients
+// normalized in double then converted to 22-bit fixed point, int32 accumulation starting at
+// 1 << 21, clip to uint8 between the passes. The output is bit-identical to
+// PIL.Image.resize(size, BICUBIC) on the cropped array.
+//
+// Plain CPython C API (no pybind11, no numpy headers): arrays are passed as buffers, the Python
+// wrapper (cof_edge/preprocess.py) validates shapes and dtypes and allocates the output.
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+constexpr int kPrecisionBits = 32 - 8 - 2;  // Pillow's PRECISION_BITS
+constexpr int kPatch = 14;
+constexpr int kMerge = 2;
+constexpr int kTemporal = 2;
+constexpr int kChannels = 3;
+constexpr int kPatchDim = kChannels * kTemporal * kPatch * kPatch;  // 1176
+constexpr int kFactor = kPatch * kMerge;                             // 28
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define COF_X86_AVX2 1
+#include <immintrin.h>
+#endif
+
+inline double bicubic_filter(double x) {
+    const double a = -0.5;
+    if (x < 0.0) x = -x;
+    if (x < 1.0) return ((a + 2.0) * x - (a + 3.0)) * x * x + 1;
+    if (x < 2.0) return (((x - 5) * x + 8) * x - 4) * a;
+    return 0.0;
+}
+
+// One axis of Pillow's precompute_coeffs + normalize_coeffs_8bpc (in0 = 0, in1 = in_size).
+struct Coeffs {
+    int ksize = 0;
+    std::vector<int> start;   // first input index per output index
+    std::vector<int> count;   // number of taps per output index
+    std::vector<int32_t> k;   // out_size * ksize fixed-point weights
+};
+
+Coeffs precompute_coeffs(int in_size, int out_size) {
+    const double support_base = 2.0;  // BICUBIC
+    // Pillow: (double)(in1 - in0) / outSize with float in0/in1; exact for sizes < 2^24.
+    double scale = static_cast<double>(static_cast<float>(in_size) - 0.0f) / out_size;
+    double filterscale = scale < 1.0 ? 1.0 : scale;
+    double support = support_base * filterscale;
+    Coeffs c;
+    c.ksize = static_cast<int>(std::ceil(support)) * 2 + 1;
+    c.start.resize(out_size);
+    c.count.resize(out_size);
+    c.k.assign(static_cast<size_t>(out_size) * c.ksize, 0);
+    std::vector<double> w(c.ksize);
+    for (int xx = 0; xx < out_size; xx++) {
+        double center = (xx + 0.5) * scale;
+        double ww = 0.0;
+        double ss = 1.0 / filterscale;
+        int xmin = static_cast<int>(center - support + 0.5);
+        if (xmin < 0) xmin = 0;
+        int xmax = static_cast<int>(center + support + 0.5);
+        if (xmax > in_size) xmax = in_size;
+        xmax -= xmin;
+        for (int x = 0; x < xmax; x++) {
+            double v = bicubic_filter((x + xmin - center + 0.5) * ss);
+            w[x] = v;
+            ww += v;
+        }
+        for (int x = 0; x < xmax; x++) {
+            if (ww != 0.0) w[x] /= ww;
+        }
+        int32_t* kk = &c.k[static_cast<size_t>(xx) * c.ksize];
+        for (int x = 0; x < xmax; x++) {
+            double p = w[x];
+            kk[x] = p < 0 ? static_cast<int32_t>(-0.5 + p * (1 << kPrecisionBits))
+                          : static_cast<int32_t>(0.5 + p * (1 << kPrecisionBits));
+        }
+        c.start[xx] = xmin;
+        c.count[xx] = xmax;
+    }
+    return c;
+}
+
+inline uint8_t clip8(int32_t v) {
+    int32_t s = v >> kPrecisionBits;  // arithmetic shift, like Pillow's lookup index
+    return static_cast<uint8_t>(s < 0 ? 0 : (s > 255 ? 255 : s));
+}
+
+// Portable SIMD through GCC/Clang vector extensions (lowered to SSE2/NEON/...); on x86-64 with GCC the
+// kernels are compiled a second time for AVX2 (#pragma GCC target) and picked at run time.
+typedef int32_t i32x8 __attribute__((vector_size(32)));
+typedef uint8_t u8x8 __attribute__((vector_size(8)));
+
+constexpr int kRows = 8;           // rows per horizontal block
+constexpr int kLanes = kRows * 3;  // 24 = 3 vectors of 8 int32
+constexpr int kChunk = 32;         // vertical pass: bytes per register block
+
+__attribute__((always_inline)) inline i32x8 splat(int32_t v) { return i32x8{v, v, v, v, v, v, v, v}; }
+
+__attribute__((always_inline)) inline void store_clip8(i32x8 acc, uint8_t* out) {
+    acc >>= kPrecisionBits;
+    acc = acc < 0 ? 0 : acc;
+    acc = acc > 255 ? 255 : acc;
+    u8x8 v = __builtin_convertvector(acc, u8x8);
+    std::memcpy(out, &v, sizeof(v));
+}
+
+struct Kernels {
+    void (*horizontal_block)(const uint8_t* const*, int, int, uint8_t* const*, int, const struct Coeffs&, uint8_t*);
+    void (*vertical_row)(const uint8_t* const*, const int32_t*, int, int, uint8_t*);
+};
+
+namespace generic {
+__attribute__((always_inline)) inline i32x8 load8(const uint8_t* p) {
+    u8x8 v;
+    std::memcpy(&v, p, sizeof(v));
+    return __builtin_convertvector(v, i32x8);
+}
+#include "kernels.inc"
+}  // namespace generic
+
+#if defined(COF_X86_AVX2)
+#pragma GCC push_options
+#pragma GCC target("avx2")
+namespace avx2 {
+__attribute__((always_inline)) inline i32x8 load8(const uint8_t* p) {
+    __m128i v = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+    return reinterpret_cast<i32x8>(_mm256_cvtepu8_epi32(v));
+}
+__attribute__((always_inline)) inline i32x8 splat(int32_t v) { return i32x8{v, v, v, v, v, v, v, v}; }
+__attribute__((always_inline)) inline void store_clip8(i32x8 acc, uint8_t* out) {
+    __m256i a = reinterpret_cast<__m256i>(acc);
+    a = _mm256_srai_epi32(a, kPrecisionBits);
+    __m256i p16 = _mm256_packs_epi32(a, a);          // int16, lanes (0..3,0..3 | 4..7,4..7)
+    __m256i p8 = _mm256_packus_epi16(p16, p16);      // uint8 with saturation = clip to [0, 255]
+    uint32_t lo = static_cast<uint32_t>(_mm256_extract_epi32(p8, 0));
+    uint32_t hi = static_cast<uint32_t>(_mm256_extract_epi32(p8, 4));
+    std::memcpy(out, &lo, 4);
+    std::memcpy(out + 4, &hi, 4);
+}
+#include "kernels.inc"
+}  // namespace avx2
+#pragma GCC pop_options
+#endif
+
+Kernels select_kernels() {
+#if defined(COF_X86_AVX2)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2")) return {avx2::horizontal_block, avx2::vertical_row};
+#endif
+    return {generic::horizontal_block, generic::vertical_row};
+}
+
+const Kernels& kernels() {
+    static const Kernels k = select_kernels();
+    return k;
+}
+
+// Writes one resized uint8 RGB row y (out_w * 3) into the patch buffer, normalized through lut.
+inline void emit_patch_row(const uint8_t* __restrict row, int y, int out_w, const float* __restrict lut,
+                           float* __restrict patches) {
+    const int gw2 = out_w / kFactor;
+    const int bh = y / kFactor, mh = (y / kPatch) % kMerge, ph = y % kPatch;
+    const int ngx = out_w / kPatch;
+    for (int gx = 0; gx < ngx; gx++) {
+        const int bw = gx / kMerge, mw = gx % kMerge;
+        const size_t patch = (static_cast<size_t>(bh * gw2 + bw) * kMerge + mh) * kMerge + mw;
+        float* __restrict base = patches + patch * kPatchDim + ph * kPatch;
+        const uint8_t* __restrict src = row + static_cast<size_t>(gx) * kPatch * 3;
+        for (int c = 0; c < kChannels; c++) {
+            const float* __restrict l = lut + c * 256;
+            float* __restrict d = base + c * (kTemporal * kPatch * kPatch);
+            float tmp[kPatch];
+            for (int pw = 0; pw < kPatch; pw++) tmp[pw] = l[src[pw * 3 + c]];
+            std::memcpy(d, tmp, sizeof(tmp));
+            std::memcpy(d + kPatch * kPatch, tmp, sizeof(tmp));
+        }
+    }
+}
+
+struct Job {
+    const uint8_t* src = nullptr;  // first pixel of the crop
+    ptrdiff_t src_stride = 0;      // bytes between rows of the source array
+    int in_w = 0, in_h = 0;        // crop size
+    int out_w = 0, out_h = 0;
+    bool need_h = true, need_v = true;
+    Coeffs ch, cv;
+    const float* lut = nullptr;  // 3 * 256, or null for the uint8 output mode
+    float* patches = nullptr;
+    uint8_t* out_u8 = nullptr;  // out_h * out_w * 3 when lut is null
+};
+
+// Output rows [r0, r1) of a job. Horizontal rows are produced on demand, kRows at a time, into a
+// small ring buffer (the vertical window only moves forward), so the intermediate image stays in cache.
+void run_rows(const Job& job, int r0, int r1) {
+    const int row_len = job.out_w * 3;
+    const int ring = job.need_h ? job.cv.ksize + kRows : 0;
+    std::vector<uint8_t> ring_buf(static_cast<size_t>(ring) * row_len);
+    std::vector<uint8_t> tbuf(job.need_h ? static_cast<size_t>(job.in_w) * kLanes + 8 : 0);
+    std::vector<uint8_t> out_row(job.lut ? row_len : 0);
+    std::vector<const uint8_t*> rows(job.cv.ksize + 1);
+    // The last input row this band needs (exclusive): never compute rows past it.
+    const int need_end = job.need_v ? job.cv.start[r1 - 1] + job.cv.count[r1 - 1] : r1;
+    int next = -1;  // ring holds input rows [next - ring, next)
+
+    auto hrow = [&](int iy) -> const uint8_t* {
+        if (!job.need_h) return job.src + static_cast<ptrdiff_t>(iy) * job.src_stride;
+        if (next < 0 || iy < next - ring || iy > next) next = iy;  // (re)start the window
+        while (next <= iy) {
+            const int nb = std::min(kRows, need_end - next);
+            const uint8_t* in_rows[kRows];
+            uint8_t* out_rows[kRows];
+            for (int r = 0; r < nb; r++) {
+                in_rows[r] = job.src + static_cast<ptrdiff_t>(next + r) * job.src_stride;
+                out_rows[r] = ring_buf.data() + static_cast<size_t>((next + r) % ring) * row_len;
+            }
+            kernels().horizontal_block(in_rows, nb, job.in_w, out_rows, job.out_w, job.ch, tbuf.data());
+            next += nb;
+        }
+        return ring_buf.data() + static_cast<size_t>(iy % ring) * row_len;
+    };
+
+    for (int yy = r0; yy < r1; yy++) {
+        uint8_t* dst = job.lut ? out_row.data() : job.out_u8 + static_cast<size_t>(yy) * row_len;
+        if (job.need_v) {
+            const int y0 = job.cv.start[yy], n = job.cv.count[yy];
+            for (int y = 0; y < n; y++) rows[y] = hrow(y0 + y);
+            kernels().vertical_row(rows.data(), &job.cv.k[static_cast<size_t>(yy) * job.cv.ksize], n, row_len, dst);
+        } else {
+            std::memcpy(dst, hrow(yy), row_len);
+        }
+        if (job.lut) emit_patch_row(dst, yy, job.out_w, job.lut, job.patches);
+    }
+}
+
+void run_job(const Job& job, int threads) {
+    // Bands of whole 28-row blocks so that threads never share a patch row block.
+    const int blocks = (job.out_h + kFactor - 1) / kFactor;
+    long long work = static_cast<long long>(job.out_w) * job.out_h + static_cast<long long>(job.in_w) * job.in_h / 4;
+    int nt = std::max(1, std::min(threads, blocks));
+    if (work < 200000) nt = 1;  // spawning threads costs more than it saves
+    if (nt == 1) {
+        run_rows(job, 0, job.out_h);
+        return;
+    }
+    std::vector<std::thread> pool;
+    std::vector<std::exception_ptr> errors(nt);
+    for (int t = 0; t < nt; t++) {
+        int r0 = std::min(job.out_h, static_cast<int>(static_cast<long long>(blocks) * t / nt) * kFactor);
+        int r1 = std::min(job.out_h, static_cast<int>(static_cast<long long>(blocks) * (t + 1) / nt) * kFactor);
+        auto body = [&job, &errors, t, r0, r1] {
+            try {
+                run_rows(job, r0, r1);
+            } catch (...) {
+                errors[t] = std::current_exception();
+            }
+        };
+        if (t == nt - 1) {
+            body();
+        } else {
+            pool.emplace_back(body);
+        }
+    }
+    for (auto& th : pool) th.join();
+    for (auto& e : errors)
+        if (e) std::rethrow_exception(e);
+}
+
+struct Buffer {
+    Py_buffer view{};
+    bool held = false;
+    ~Buffer() {
+        if (held) PyBuffer_Release(&view);
+    }
+    bool get(PyObject* obj, int flags, Py_ssize_t need_bytes, const char* name) {
+        if (PyObject_GetBuffer(obj, &view, flags) != 0) return false;
+        held = true;
+        if (view.len < need_bytes) {
+            PyErr_Format(PyExc_ValueError, "%s: buffer has %zd bytes, need %zd", name, view.len, need_bytes);
+            return false;
+        }
+        return true;
+    }
+};
+
+// run(src, height, width, x1, y1, x2, y2, out_h, out_w, lut_or_None, out, threads)
+//   src: C-contiguous uint8 buffer of height*width*3; crop [x1, x2) x [y1, y2).
+//   lut None: out is uint8 out_h*out_w*3 (resized pixels). Otherwise lut is float32[3*256] and out is
+//   float32 [(out_h/14)*(out_w/14), 1176].
+PyObject* py_run(PyObject*, PyObject* args) {
+    PyObject *src_obj, *lut_obj, *out_obj;
+    int height, width, x1, y1, x2, y2, out_h, out_w, threads;
+    if (!PyArg_ParseTuple(args, "OiiiiiiiiOOi", &src_obj, &height, &width, &x1, &y1, &x2, &y2, &out_h, &out_w,
+                          &lut_obj, &out_obj, &threads))
+        return nullptr;
+    if (height <= 0 || width <= 0 || x1 < 0 || y1 < 0 || x2 > width || y2 > height || x2 <= x1 || y2 <= y1) {
+        PyErr_SetString(PyExc_ValueError, "invalid image size or crop box");
+        return nullptr;
+    }
+    if (out_h <= 0 || out_w <= 0) {
+        PyErr_SetString(PyExc_ValueError, "invalid output size");
+        return nullptr;
+    }
+    const bool u8 = lut_obj == Py_None;
+    if (!u8 && (out_h % kFactor != 0 || out_w % kFactor != 0)) {
+        PyErr_SetString(PyExc_ValueError, "output height and width must be multiples of 28");
+        return nullptr;
+    }
+    Buffer src, lut, out;
+    if (!src.get(src_obj, PyBUF_C_CONTIGUOUS, static_cast<Py_ssize_t>(height) * width * 3, "src")) return nullptr;
+    if (!u8 && !lut.get(lut_obj, PyBUF_C_CONTIGUOUS, 3 * 256 * sizeof(float), "lut")) return nullptr;
+    const Py_ssize_t out_bytes = u8 ? static_cast<Py_ssize_t>(out_h) * out_w * 3
+                                    : static_cast<Py_ssize_t>(out_h / kPatch) * (out_w / kPatch) * kPatchDim *
+                                          static_cast<Py_ssize_t>(sizeof(float));
+    if (!out.get(out_obj, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE, out_bytes, "out")) return nullptr;
+
+    Job job;
+    job.src_stride = static_cast<ptrdiff_t>(width) * 3;
+    job.src = static_cast<const uint8_t*>(src.view.buf) + static_cast<ptrdiff_t>(y1) * job.src_stride +
+              static_cast<ptrdiff_t>(x1) * 3;
+    job.in_w = x2 - x1;
+    job.in_h = y2 - y1;
+    job.out_w = out_w;
+    job.out_h = out_h;
+    job.lut = u8 ? nullptr : static_cast<const float*>(lut.view.buf);
+    job.patches = u8 ? nullptr : static_cast<float*>(out.view.buf);
+    job.out_u8 = u8 ? static_cast<uint8_t*>(out.view.buf) : nullptr;
+    std::string error;
+    Py_BEGIN_ALLOW_THREADS;
+    try {
+        // Pillow: need_horizontal = xsize != in xsize (box is the whole crop); same for vertical.
+        job.need_h = job.out_w != job.in_w;
+        job.need_v = job.out_h != job.in_h;
+        if (job.need_h) job.ch = precompute_coeffs(job.in_w, job.out_w);
+        if (job.need_v) job.cv = precompute_coeffs(job.in_h, job.out_h);
+        if (!job.need_v) job.cv.ksize = 1;
+        run_job(job, threads < 1 ? 1 : threads);
+    } catch (const std::exception& e) {
+        error = e.what();
+        if (error.empty()) error = "native preprocessing failed";
+    } catch (...) {
+        error = "native preprocessing failed";
+    }
+    Py_END_ALLOW_THREADS;
+    if (!error.empty()) {
+        PyErr_SetString(PyExc_RuntimeError, error.c_str());
+        return nullptr;
+    }
+    Py_RETURN_NONE;
+}
+
+PyMethodDef methods[] = {
+    {"run", py_run, METH_VARARGS,
+     "run(src, height, width, x1, y1, x2, y2, out_h, out_w, lut_or_None, out, threads): crop, Pillow-exact "
+     "BICUBIC resize, then (lut given) normalize+patchify into out float32 [N, 1176], or (lut None) write the "
+     "resized uint8 RGB pixels into out. Releases the GIL."},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyModuleDef module = {PyModuleDef_HEAD_INIT, "_preprocess",
+                      "Native Qwen2-VL image preprocessing (see cof_edge.preprocess).", -1, methods};
+
+}  // namespace
+
+PyMODINIT_FUNC PyInit__preprocess(void) {
+    PyObject* m = PyModule_Create(&module);
+    if (!m) return nullptr;
+    PyModule_AddIntConstant(m, "PATCH_DIM", kPatchDim);
+    PyModule_AddIntConstant(m, "ABI_VERSION", 1);
+    return m;
+}

@@ -1,0 +1,156 @@
+"""The reference backend: greedy tokens equal transformers' generate(), KV reuse across zoom turns."""
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from transformers import Qwen2_5_VLForConditionalGeneration  # noqa: E402
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil  # noqa: E402
+
+from cof_edge.engine import FocusEngine  # noqa: E402
+from cof_edge.generate import teacher_force  # noqa: E402
+from cof_edge.images import render_view  # noqa: E402
+from cof_edge.mrope import MRopeCursor  # noqa: E402
+from cof_edge.protocol import crop_turn_prompt, opening_prompt  # noqa: E402
+
+from conftest import photo_like  # noqa: E402
+
+QUESTION = "What symbol is on the red tag?\n(A) circle\n(B) star\n(C) heart\n(D) arrow\n" \
+           "Answer with the option's letter from the given choices directly."
+
+
+def zoom_reply(box):
+    call = {"name": "image_zoom_in_tool", "arguments": {"bbox_2d": box, "label": "red tag"}}
+    return f"<think>The tag is small; zoom in.</think> <tool_call>\n{json.dumps(call)}\n</tool_call>"
+
+
+class ScriptedEngine(FocusEngine):
+    """Replies given as text are teacher-forced through the real model; None means decode greedily."""
+
+    def __init__(self, backend, replies, **kw):
+        super().__init__(backend, **kw)
+        self.replies = list(replies)
+        self.last_logits = None
+
+    def respond(self, state, logits):
+        reply = self.replies.pop(0)
+        if reply is None:
+            return super().respond(state, logits)
+        tokens = self.layout.encode(reply) + [self.layout.special.im_end]
+        self.last_logits = teacher_force(state.session, state.cursor, tokens)
+        return tokens
+
+
+@pytest.fixture(scope="module")
+def engines(tiny_models):
+    return {name: FocusEngine.from_pretrained(path) for name, path in tiny_models.items()}
+
+
+def pixels(engine, state):
+    processor = engine.backend.image_processor
+    views = [render_view(state.original, v) for v in state.views]
+    out = processor(images=views, do_resize=False, return_tensors="pt")
+    return out["pixel_values"], out["image_grid_thw"]
+
+
+def reference_generate(engine, state, prompt_ids, max_new_tokens):
+    model = engine.backend.model
+    pixel_values, grids = pixels(engine, state)
+    ids = torch.tensor([prompt_ids])
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pixel_values,
+                         image_grid_thw=grids, mm_token_type_ids=(ids == model.config.image_token_id).int(),
+                         max_new_tokens=max_new_tokens, do_sample=False,
+                         eos_token_id=sorted(engine.layout.special.stop_ids))
+    return out[0, len(prompt_ids):].tolist()
+
+
+@pytest.mark.parametrize("tokenizer", ["qwen", "small"])
+@pytest.mark.parametrize("size", [(333, 517), (640, 480), (1001, 203)])
+def test_first_turn_tokens_equal_generate(engines, tokenizer, size):
+    engine = engines[tokenizer]
+    image = photo_like(size[1], size[0], seed=size[0])
+    state = engine.start(image, QUESTION, max_new_tokens=24)
+    trace = engine.step(state)
+    prompt_len = trace.prompt_tokens
+    ours = state.token_ids[prompt_len:]
+    assert len(ours) == trace.new_tokens > 0
+    assert ours == reference_generate(engine, state, state.token_ids[:prompt_len], 24)
+
+
+@pytest.mark.parametrize("tokenizer", ["qwen", "small"])
+def test_two_zooms_prefill_only_new_tokens_and_cache_equals_uncached(engines, tokenizer):
+    base = engines[tokenizer]
+    engine = ScriptedEngine(base.backend, [zoom_reply([100, 80, 180, 140]), zoom_reply([300, 200, 340, 230]),
+                                           "<think>It is a star.</think> <answer>B</answer>"])
+    image = photo_like(700, 900, seed=3)
+    result = engine.ask(image, QUESTION, max_zooms=2)
+    assert result.stop_reason == "answer" and result.answer == "B" and result.zooms == 2
+    layout, steps = engine.layout, result.steps
+    assert steps[0].prompt_tokens == len(layout.encode(opening_prompt(QUESTION), [steps[0].visual_tokens]))
+    for step in steps[1:]:
+        # the previous reply's <|im_end|> (sampled, not yet fed) + the crop turn; nothing earlier again
+        assert step.prompt_tokens == 1 + len(layout.encode(crop_turn_prompt(), [step.visual_tokens]))
+    assert steps[1].view_region == steps[0].crop_region and steps[2].view_region == steps[1].crop_region
+
+    # Run the same chain again, keeping the state, to compare the cache with one uncached forward pass.
+    engine.replies = [zoom_reply([100, 80, 180, 140]), zoom_reply([300, 200, 340, 230]), "<answer>B</answer>"]
+    state = engine.start(image, QUESTION, max_zooms=2)
+    while not state.done:
+        engine.step(state)
+    session = state.session
+    assert session.cached_tokens == len(state.token_ids) - 1 == sum(s.prompt_tokens for s in state.result.steps) \
+        + sum(s.new_tokens - 1 for s in state.result.steps)
+    model = engine.backend.model
+    ids = torch.tensor([state.token_ids[:-1]])
+    pixel_values, grids = pixels(engine, state)
+    with torch.inference_mode():
+        full = model(input_ids=ids, pixel_values=pixel_values, image_grid_thw=grids,
+                     mm_token_type_ids=(ids == model.config.image_token_id).int()).logits[0, -1].numpy()
+    np.testing.assert_allclose(engine.last_logits, full, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("tokenizer", ["qwen", "small"])
+def test_greedy_turn_after_a_zoom_equals_generate_on_the_whole_conversation(engines, tokenizer):
+    base = engines[tokenizer]
+    engine = ScriptedEngine(base.backend, [zoom_reply([50, 40, 120, 90]), None])
+    image = photo_like(555, 777, seed=5)
+    state = engine.start(image, QUESTION, max_new_tokens=16)
+    engine.step(state)
+    second = engine.step(state)
+    ours = state.token_ids[-second.new_tokens:]
+    prompt = state.token_ids[:-second.new_tokens]
+    assert ours == reference_generate(engine, state, prompt, 16)
+
+
+def test_mrope_positions_equal_get_rope_index(engines):
+    engine = engines["qwen"]
+    engine.replies = []
+    layout = engine.layout
+    segments = [(opening_prompt(QUESTION), (1, 18, 24)), (crop_turn_prompt(), (1, 8, 30)), (crop_turn_prompt(), (1, 12, 4))]
+    cursor, ids, ours = MRopeCursor(), [], []
+    for text, grid in segments:
+        seg = layout.encode("<think>x</think>" + text if ids else text, [grid[1] * grid[2] // 4])
+        ours.append(cursor.positions(seg, [grid], layout.special.image_pad))
+        ids += seg
+    model = engine.backend.model
+    input_ids = torch.tensor([ids])
+    reference, _ = model.model.get_rope_index(input_ids, (input_ids == model.config.image_token_id).int(),
+                                              image_grid_thw=torch.tensor([g for _, g in segments]))
+    np.testing.assert_array_equal(np.concatenate(ours, axis=1), reference[:, 0].numpy())
+
+
+@pytest.mark.parametrize("size", [(57, 33), (640, 480), (3840, 2160)])
+def test_views_equal_what_the_hf_processor_makes_of_the_original(engines, size):
+    """Our global view (PIL bicubic at the smart-resize size) is the HF processor's own resize, pixel for pixel."""
+    engine = engines["small"]
+    image = photo_like(size[1], size[0], seed=1)
+    state = engine.start(image, QUESTION)
+    options = state.options
+    ours, grid = engine.backend.pixel_inputs(render_view(state.original, state.next_view))
+    processor = Qwen2VLImageProcessorPil(size={"shortest_edge": options.global_min_pixels,
+                                               "longest_edge": options.global_max_pixels})
+    reference = processor(images=[state.original], return_tensors="pt")
+    assert grid.tolist() == reference["image_grid_thw"].tolist()
+    torch.testing.assert_close(ours, reference["pixel_values"], atol=0, rtol=0)
