@@ -172,24 +172,31 @@ const Kernels& kernels() {
     return k;
 }
 
-// Writes one resized uint8 RGB row y (out_w * 3) into the patch buffer, normalized through lut.
-inline void emit_patch_row(const uint8_t* __restrict row, int y, int out_w, const float* __restrict lut,
-                           float* __restrict patches) {
+// Writes one block of 28 resized uint8 RGB rows (block row bh) into the patch buffer, normalized
+// through lut. In HF's layout the patches of one block row are contiguous ((w/28) x 2 x 2 patches of
+// (C, T, 14, 14)), so this is one sequential write of out_w / 28 * 4 * 1176 floats.
+void emit_patch_block(const uint8_t* block, int bh, int out_w, const float* __restrict lut,
+                      float* __restrict patches) {
     const int gw2 = out_w / kFactor;
-    const int bh = y / kFactor, mh = (y / kPatch) % kMerge, ph = y % kPatch;
-    const int ngx = out_w / kPatch;
-    for (int gx = 0; gx < ngx; gx++) {
-        const int bw = gx / kMerge, mw = gx % kMerge;
-        const size_t patch = (static_cast<size_t>(bh * gw2 + bw) * kMerge + mh) * kMerge + mw;
-        float* __restrict base = patches + patch * kPatchDim + ph * kPatch;
-        const uint8_t* __restrict src = row + static_cast<size_t>(gx) * kPatch * 3;
-        for (int c = 0; c < kChannels; c++) {
-            const float* __restrict l = lut + c * 256;
-            float* __restrict d = base + c * (kTemporal * kPatch * kPatch);
-            float tmp[kPatch];
-            for (int pw = 0; pw < kPatch; pw++) tmp[pw] = l[src[pw * 3 + c]];
-            std::memcpy(d, tmp, sizeof(tmp));
-            std::memcpy(d + kPatch * kPatch, tmp, sizeof(tmp));
+    const size_t row_len = static_cast<size_t>(out_w) * 3;
+    float* __restrict d = patches + static_cast<size_t>(bh) * gw2 * kMerge * kMerge * kPatchDim;
+    for (int bw = 0; bw < gw2; bw++) {
+        for (int mh = 0; mh < kMerge; mh++) {
+            for (int mw = 0; mw < kMerge; mw++) {
+                const uint8_t* src = block + static_cast<size_t>(mh * kPatch) * row_len +
+                                     static_cast<size_t>(bw * kFactor + mw * kPatch) * 3;
+                for (int c = 0; c < kChannels; c++) {
+                    const float* __restrict l = lut + c * 256;
+                    float* __restrict d0 = d;
+                    for (int ph = 0; ph < kPatch; ph++) {
+                        const uint8_t* __restrict s = src + ph * row_len + c;
+                        for (int pw = 0; pw < kPatch; pw++) d0[ph * kPatch + pw] = l[s[pw * 3]];
+                    }
+                    // t = 1: the single frame repeated to temporal_patch_size.
+                    std::memcpy(d0 + kPatch * kPatch, d0, sizeof(float) * kPatch * kPatch);
+                    d += kTemporal * kPatch * kPatch;
+                }
+            }
         }
     }
 }
@@ -213,7 +220,7 @@ void run_rows(const Job& job, int r0, int r1) {
     const int ring = job.need_h ? job.cv.ksize + kRows : 0;
     std::vector<uint8_t> ring_buf(static_cast<size_t>(ring) * row_len);
     std::vector<uint8_t> tbuf(job.need_h ? static_cast<size_t>(job.in_w) * kLanes + 8 : 0);
-    std::vector<uint8_t> out_row(job.lut ? row_len : 0);
+    std::vector<uint8_t> block(job.lut ? static_cast<size_t>(kFactor) * row_len : 0);  // 28 rows
     std::vector<const uint8_t*> rows(job.cv.ksize + 1);
     // The last input row this band needs (exclusive): never compute rows past it.
     const int need_end = job.need_v ? job.cv.start[r1 - 1] + job.cv.count[r1 - 1] : r1;
@@ -237,7 +244,8 @@ void run_rows(const Job& job, int r0, int r1) {
     };
 
     for (int yy = r0; yy < r1; yy++) {
-        uint8_t* dst = job.lut ? out_row.data() : job.out_u8 + static_cast<size_t>(yy) * row_len;
+        uint8_t* dst = job.lut ? block.data() + static_cast<size_t>(yy % kFactor) * row_len
+                               : job.out_u8 + static_cast<size_t>(yy) * row_len;
         if (job.need_v) {
             const int y0 = job.cv.start[yy], n = job.cv.count[yy];
             for (int y = 0; y < n; y++) rows[y] = hrow(y0 + y);
@@ -245,7 +253,7 @@ void run_rows(const Job& job, int r0, int r1) {
         } else {
             std::memcpy(dst, hrow(yy), row_len);
         }
-        if (job.lut) emit_patch_row(dst, yy, job.out_w, job.lut, job.patches);
+        if (job.lut && yy % kFactor == kFactor - 1) emit_patch_block(block.data(), yy / kFactor, job.out_w, job.lut, job.patches);
     }
 }
 

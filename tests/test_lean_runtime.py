@@ -59,3 +59,16 @@ def test_cli_help_runs_without_torch():
     """)
     assert done.returncode == 0, done.stderr
     assert "ask" in done.stdout and "demo" in done.stdout and "data" in done.stdout
+
+
+def test_installed_import_names_are_not_generic(tmp_path):
+    """The folders export/ and training/ install as cof_export and cof_training, never as `export`/`training`."""
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import importlib.util
+        for generic in ("export", "training", "benchmarks"):
+            assert importlib.util.find_spec(generic) is None, generic
+        import cof_export, cof_training
+        print(cof_export.__name__, cof_training.__name__)
+    """)], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["cof_export", "cof_training"]
