@@ -77,10 +77,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     native = pp.native_available()
     print(f"native extension: {'yes' if native else 'NO (' + str(pp.native_import_error()) + ')'}; "
-          f"threads={threads}; repeats={reps_fast}/{reps_slow}")
-    print(f"{'input (WxH)':>12} {'target':>10} {'native ms':>10} {'numpy ms':>9} {'hf_pil ms':>9} "
+          f"threads={threads}; repeats={reps_fast}/{reps_slow}; load average {os.getloadavg()[0]:.2f} "
+          "(timings are wall-clock medians: other load on the machine slows the threaded native path most)")
+    print(f"{'input (WxH)':>12} {'target':>10} {'native ms':>10} {'1 thread':>9} {'numpy ms':>9} {'hf_pil ms':>9} "
           f"{'np/nat':>7} {'hf/nat':>7} {'exact':>6}")
-    summary: dict = {"threads": threads, "native": native}
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    summary: dict = {"threads": threads, "native": native,
+                     "isa": getattr(pp._native, "ISA", None) if native else None,
+                     "loadavg_1min_at_start": round(load, 2) if load is not None else None}
     for height, width in SIZES:
         img = photo_like(height, width)
         out_hw = pp.target_hw(height, width, MIN_PIXELS, MAX_PIXELS)
@@ -90,9 +94,10 @@ def main(argv: list[str] | None = None) -> dict:
 
         t_np = timeit(lambda: pp.preprocess(img, out_hw, backend="numpy", out=out), reps_slow, warmup=1)
         ref = pp.preprocess(img, out_hw, backend="numpy")[0]
-        t_nat = exact = None
+        t_nat = t_nat1 = exact = None
         if native:
             t_nat = timeit(lambda: pp.preprocess(img, out_hw, backend="native", threads=threads, out=out), reps_fast)
+            t_nat1 = timeit(lambda: pp.preprocess(img, out_hw, backend="native", threads=1, out=out), reps_fast)
             exact = bool(np.array_equal(pp.preprocess(img, out_hw, backend="native")[0], ref))
         t_hf = None
         if hf is not None:
@@ -106,14 +111,16 @@ def main(argv: list[str] | None = None) -> dict:
         def ratio(a, b):
             return f"{a / b:.1f}x" if a is not None and b is not None else "-"
 
-        print(f"{key:>12} {out_hw[1]}x{out_hw[0]:<5} {ms(t_nat):>10} {ms(t_np):>9} {ms(t_hf):>9} "
+        print(f"{key:>12} {out_hw[1]}x{out_hw[0]:<5} {ms(t_nat):>10} {ms(t_nat1):>9} {ms(t_np):>9} {ms(t_hf):>9} "
               f"{ratio(t_np, t_nat):>7} {ratio(t_hf, t_nat):>7} {str(exact):>6}")
         summary[f"native_ms_{key}"] = round(t_nat * 1e3, 3) if t_nat is not None else None
+        summary[f"native_1thread_ms_{key}"] = round(t_nat1 * 1e3, 3) if t_nat1 is not None else None
         summary[f"numpy_ms_{key}"] = round(t_np * 1e3, 3)
         summary[f"hf_pil_ms_{key}"] = round(t_hf * 1e3, 3) if t_hf is not None else None
         summary[f"exact_{key}"] = exact
         if t_hf is not None and t_nat is not None:
             summary[f"speedup_vs_hf_pil_{key}"] = round(t_hf / t_nat, 2)
+            summary[f"speedup_vs_hf_pil_1thread_{key}"] = round(t_hf / t_nat1, 2)
         if t_nat is not None:
             summary[f"speedup_vs_numpy_{key}"] = round(t_np / t_nat, 2)
 

@@ -10,7 +10,7 @@ from .actions import ActionKind, extract_answer, parse_action
 from .backends.base import Backend, load_backend
 from .generate import decode_greedy, prefill
 from .geometry import PATCH, CropError, View, global_view, plan_crop
-from .images import load_image, render_view
+from .images import SourceImage, load_image
 from .options import AskOptions
 from .protocol import TokenLayout, crop_turn_prompt, opening_prompt
 from .result import FocusResult, StepTrace
@@ -24,6 +24,15 @@ class FocusEngine:
         self.backend = backend
         self.options = options or AskOptions()
         self.layout = TokenLayout(backend.tokenizer)
+
+    @classmethod
+    def load(cls, bundle_dir: str | Path, providers=("cpu",), threads: int | None = None, variant: str | None = None,
+             options: AskOptions | None = None, verify: bool = False) -> "FocusEngine":
+        """A cof-edge bundle on ONNX Runtime; its budgets (from cof.json) are the default options."""
+        from .backends.onnx_backend import OnnxBackend
+
+        backend = OnnxBackend(bundle_dir, variant=variant, providers=providers, threads=threads, verify=verify)
+        return cls(backend, options or AskOptions().with_overrides(**backend.bundle.budgets))
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, backend: str = "transformers", options: AskOptions | None = None,
@@ -42,10 +51,10 @@ class FocusEngine:
 
     def start(self, image, question: str, **overrides) -> FocusState:
         options = self.options.with_overrides(**overrides)
-        original = load_image(image)
-        view = global_view(original.size, options.global_min_pixels, options.global_max_pixels)
-        return FocusState(question=question, original=original, options=options, session=self.backend.new_session(),
-                          result=FocusResult(question=question, image_size=original.size), next_view=view)
+        source = SourceImage(load_image(image))
+        view = global_view(source.size, options.global_min_pixels, options.global_max_pixels)
+        return FocusState(question=question, source=source, options=options, session=self.backend.new_session(),
+                          result=FocusResult(question=question, image_size=source.size), next_view=view)
 
     def step(self, state: FocusState) -> StepTrace:
         """One turn: show `state.next_view`, generate a reply, act on it."""
@@ -54,8 +63,7 @@ class FocusEngine:
         options, view = state.options, state.next_view
         first_turn = not state.views
         t0 = time.perf_counter()
-        image = render_view(state.original, view)
-        embeds = self.backend.encode_image(image)
+        embeds = self.backend.encode_view(state.source, view)
         t_vision = time.perf_counter()
 
         text = opening_prompt(state.question) if first_turn else crop_turn_prompt()
@@ -111,7 +119,7 @@ class FocusEngine:
             trace.error = f"box refers to image {source}, but only {len(state.views)} were shown"
             return self._finish(state, None, "bad_box")
         try:
-            plan = plan_crop(action.box, state.views[source], state.original.size, state.options.crop_settings,
+            plan = plan_crop(action.box, state.views[source], state.source.size, state.options.crop_settings,
                              frame=action.frame.value)
         except CropError as exc:
             trace.error = str(exc)

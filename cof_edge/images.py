@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -39,3 +41,28 @@ def render_view(original: Image.Image, view: View) -> Image.Image:
     """Cuts `view.region` from the original pixels and resizes it to `view.size`."""
     region = original if view.region == (0, 0, *original.size) else original.crop(view.region)
     return region.resize(view.size, RESAMPLE)
+
+
+class SourceImage:
+    """The original image of a question: PIL for drawing and cropping, its pixels and a content digest, once."""
+
+    def __init__(self, image: Image.Image):
+        self.image = image
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.image.size
+
+    @cached_property
+    def pixels(self) -> np.ndarray:
+        """uint8 [H, W, 3], C-contiguous."""
+        return np.ascontiguousarray(np.asarray(self.image, dtype=np.uint8))
+
+    @cached_property
+    def digest(self) -> str:
+        pixels = self.pixels
+        return hashlib.blake2b(pixels.data, digest_size=16, person=b"cof-edge-img").hexdigest() + \
+            f"-{pixels.shape[1]}x{pixels.shape[0]}"
+
+    def view(self, view: View) -> Image.Image:
+        return render_view(self.image, view)

@@ -69,6 +69,28 @@ except ImportError as exc:  # not built, or built for another interpreter
 _warned = False
 
 
+def _pillow_pass_order() -> int:
+    """Which pass order the installed Pillow uses for BICUBIC resizes that need both passes.
+
+    Pillow >= 13 runs the vertical pass first when the height shrinks by more than twice as many pixels
+    as the width (older Pillow always runs the horizontal pass first); the two orders round to uint8 at
+    different points, so the native resampler must follow the installed Pillow. Probed once on a tiny
+    image: 1 = the rule above, 0 = always horizontal first.
+    """
+    rng = np.random.default_rng(12345)
+    im = Image.fromarray(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8))
+    bicubic = Image.Resampling.BICUBIC
+    ref = np.asarray(im.resize((9, 4), bicubic))  # dy = 8 > 2 * dx = 2: vertical first under the rule
+    h_first = np.asarray(im.resize((9, 12), bicubic).resize((9, 4), bicubic))
+    v_first = np.asarray(im.resize((10, 4), bicubic).resize((9, 4), bicubic))
+    if np.array_equal(ref, h_first) and not np.array_equal(ref, v_first):
+        return 0
+    return 1
+
+
+_PASS_ORDER = _pillow_pass_order()
+
+
 def native_available() -> bool:
     return _native is not None
 
@@ -89,13 +111,25 @@ def _resolve_backend(requested: str | None) -> str:
     return choice
 
 
+def _initial_backend() -> str:
+    try:
+        return _resolve_backend(None)
+    except ValueError as exc:  # a bad env value must not break the import
+        log.warning("cof_edge: ignoring COF_EDGE_PREPROCESS: %s", exc)
+        return "native" if _native is not None else "numpy"
+    except RuntimeError:  # COF_EDGE_PREPROCESS=native without the extension: fail on use, not import
+        return "native"
+
+
 # The backend `preprocess()` uses when none is passed (env var COF_EDGE_PREPROCESS at import time).
-BACKEND: str = _resolve_backend(None)
+BACKEND: str = _initial_backend()
 
 
-def _warn_fallback_once() -> None:
+def _warn_fallback_once(backend: str | None) -> None:
+    """One log line on the first fallback, unless numpy was asked for explicitly."""
     global _warned
-    if not _warned and _native is None:
+    choice = (backend or os.environ.get("COF_EDGE_PREPROCESS") or "auto").strip().lower()
+    if not _warned and _native is None and choice != "numpy":
         _warned = True
         log.warning(BUILD_HINT.format(err=_NATIVE_ERROR))
 
@@ -206,9 +240,9 @@ def resize_u8(
     if which == "native":
         out = np.empty((out_h, out_w, 3), dtype=np.uint8)
         _native.run(image, image.shape[0], image.shape[1], x1, y1, x2, y2, out_h, out_w, None, out,
-                    threads or _default_threads())
+                    threads or _default_threads(), _PASS_ORDER)
         return out
-    _warn_fallback_once()
+    _warn_fallback_once(backend)
     return np.array(_pil_resize(image[y1:y2, x1:x2], out_h, out_w), copy=True)
 
 
@@ -239,10 +273,12 @@ def preprocess(
     gh, gw = out_h // PATCH, out_w // PATCH
     result = _out_buffer(out, gh * gw)
     which = _resolve_backend(backend) if backend is not None else BACKEND
+    if which == "native" and _native is None:
+        raise RuntimeError(BUILD_HINT.format(err=_NATIVE_ERROR))
     if which == "native":
         _native.run(image, image.shape[0], image.shape[1], x1, y1, x2, y2, out_h, out_w, _LUT, result,
-                    threads or _default_threads())
+                    threads or _default_threads(), _PASS_ORDER)
     else:
-        _warn_fallback_once()
+        _warn_fallback_once(backend)
         _patchify_numpy(_pil_resize(image[y1:y2, x1:x2], out_h, out_w), result)
     return result, (1, gh, gw)

@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from PIL import Image
-
 from .geometry import View
+from .images import SourceImage
 from .mrope import MRopeCursor
 from .options import AskOptions
 from .result import FocusResult
@@ -16,7 +15,7 @@ from .result import FocusResult
 @dataclass
 class FocusState:
     question: str
-    original: Image.Image
+    source: SourceImage
     options: AskOptions
     session: Any
     result: FocusResult

@@ -5,9 +5,9 @@
 // each row is (C=3, T=2, 14, 14) with the single frame duplicated along T.
 //
 // The resampler reproduces Pillow's libImaging/Resample.c (8 bpc path): separable two-pass
-// convolution, horizontal pass first, filter support scaled by the reduction factor, coefficients
-// normalized in double then converted to 22-bit fixed point, int32 accumulation starting at
-// 1 << 21, clip to uint8 between the passes. The output is bit-identical to
+// convolution (pass order as in the installed Pillow, see run_rows), filter support scaled by the
+// reduction factor, coefficients normalized in double then converted to 22-bit fixed point, int32
+// accumulation starting at 1 << 21, clip to uint8 between the passes. The output is bit-identical to
 // PIL.Image.resize(size, BICUBIC) on the cropped array.
 //
 // Plain CPython C API (no pybind11, no numpy headers): arrays are passed as buffers, the Python
@@ -19,11 +19,18 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <string>
 #include <thread>
 #include <vector>
+
+// x86-64 + GCC: AVX2 / AVX-512 variants of the kernels (#pragma GCC target), picked at run time.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define COF_X86_SIMD 1
+#include <immintrin.h>
+#endif
 
 namespace {
 
@@ -34,11 +41,6 @@ constexpr int kTemporal = 2;
 constexpr int kChannels = 3;
 constexpr int kPatchDim = kChannels * kTemporal * kPatch * kPatch;  // 1176
 constexpr int kFactor = kPatch * kMerge;                             // 28
-
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define COF_X86_AVX2 1
-#include <immintrin.h>
-#endif
 
 inline double bicubic_filter(double x) {
     const double a = -0.5;
@@ -102,53 +104,86 @@ inline uint8_t clip8(int32_t v) {
     return static_cast<uint8_t>(s < 0 ? 0 : (s > 255 ? 255 : s));
 }
 
-// Portable SIMD through GCC/Clang vector extensions (lowered to SSE2/NEON/...); on x86-64 with GCC the
-// kernels are compiled a second time for AVX2 (#pragma GCC target) and picked at run time.
+// Portable SIMD through GCC/Clang vector extensions (lowered to SSE2, NEON, ...). On x86-64 with GCC
+// the same kernels (kernels.inc) are compiled twice more, for AVX2 and AVX-512 (#pragma GCC target),
+// and the widest the CPU supports is picked once at run time.
 typedef int32_t i32x8 __attribute__((vector_size(32)));
 typedef uint8_t u8x8 __attribute__((vector_size(8)));
 
 constexpr int kRows = 8;           // rows per horizontal block
-constexpr int kLanes = kRows * 3;  // 24 = 3 vectors of 8 int32
-constexpr int kChunk = 32;         // vertical pass: bytes per register block
+constexpr int kLanes = kRows * 4;  // 32 int32 lanes: 8 rows x (RGB + one junk byte)
+constexpr int kRowPad = 4;         // slack after each intermediate row (overlapping 4-byte stores)
 
-__attribute__((always_inline)) inline i32x8 splat(int32_t v) { return i32x8{v, v, v, v, v, v, v, v}; }
+struct Kernels {
+    void (*horizontal_block)(const uint8_t* const*, int, int, uint8_t* const*, int, const struct Coeffs&, uint8_t*);
+    void (*vertical_row)(const uint8_t* const*, const int32_t*, int, int, uint8_t*);
+    const char* name;
+};
 
-__attribute__((always_inline)) inline void store_clip8(i32x8 acc, uint8_t* out) {
+namespace generic {
+typedef i32x8 vec;
+constexpr int kVec = 8;
+__attribute__((always_inline)) inline vec splat(int32_t v) { return vec{v, v, v, v, v, v, v, v}; }
+typedef uint16_t u16x8 __attribute__((vector_size(16)));
+__attribute__((always_inline)) inline vec load_vec(const uint8_t* p) {
+    u8x8 v;
+    std::memcpy(&v, p, sizeof(v));
+    return __builtin_convertvector(__builtin_convertvector(v, u16x8), vec);
+}
+__attribute__((always_inline)) inline void store_clip(vec acc, uint8_t* out) {
     acc >>= kPrecisionBits;
     acc = acc < 0 ? 0 : acc;
     acc = acc > 255 ? 255 : acc;
     u8x8 v = __builtin_convertvector(acc, u8x8);
     std::memcpy(out, &v, sizeof(v));
 }
-
-struct Kernels {
-    void (*horizontal_block)(const uint8_t* const*, int, int, uint8_t* const*, int, const struct Coeffs&, uint8_t*);
-    void (*vertical_row)(const uint8_t* const*, const int32_t*, int, int, uint8_t*);
-};
-
-namespace generic {
-__attribute__((always_inline)) inline i32x8 load8(const uint8_t* p) {
-    u8x8 v;
-    std::memcpy(&v, p, sizeof(v));
-    return __builtin_convertvector(v, i32x8);
+// Scalar transpose: 4-byte copies per pixel; the last pixel takes 3 so no read passes the row end.
+inline void transpose_rows(const uint8_t* const* in_rows, int nrows, int in_w, uint8_t* __restrict t) {
+    const int last = in_w - 1;
+    for (int x = 0; x < last; x++) {
+        uint8_t* d = t + static_cast<size_t>(x) * kLanes;
+        for (int r = 0; r < nrows; r++) std::memcpy(d + r * 4, in_rows[r] + x * 3, 4);
+    }
+    uint8_t* d = t + static_cast<size_t>(last) * kLanes;
+    for (int r = 0; r < nrows; r++) std::memcpy(d + r * 4, in_rows[r] + last * 3, 3);
 }
 #include "kernels.inc"
 }  // namespace generic
 
-#if defined(COF_X86_AVX2)
+#if defined(COF_X86_SIMD)
 #pragma GCC push_options
 #pragma GCC target("avx2")
-namespace avx2 {
-__attribute__((always_inline)) inline i32x8 load8(const uint8_t* p) {
-    __m128i v = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
-    return reinterpret_cast<i32x8>(_mm256_cvtepu8_epi32(v));
+namespace x86 {
+// One 8-lane gather per pixel column (lane r = 4 bytes at row r); rows past nrows repeat row 0.
+inline void transpose_rows(const uint8_t* const* in_rows, int nrows, int in_w, uint8_t* __restrict t) {
+    const uint8_t* base = in_rows[0];
+    alignas(32) int32_t off[kRows];
+    for (int r = 0; r < kRows; r++) off[r] = static_cast<int32_t>(in_rows[r < nrows ? r : 0] - base);
+    __m256i idx = _mm256_load_si256(reinterpret_cast<const __m256i*>(off));
+    const __m256i three = _mm256_set1_epi32(3);
+    const int last = in_w - 1;
+    for (int x = 0; x < last; x++) {
+        __m256i v = _mm256_i32gather_epi32(reinterpret_cast<const int*>(base), idx, 1);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(t + static_cast<size_t>(x) * kLanes), v);
+        idx = _mm256_add_epi32(idx, three);
+    }
+    uint8_t* d = t + static_cast<size_t>(last) * kLanes;
+    for (int r = 0; r < nrows; r++) std::memcpy(d + r * 4, in_rows[r] + last * 3, 3);
 }
-__attribute__((always_inline)) inline i32x8 splat(int32_t v) { return i32x8{v, v, v, v, v, v, v, v}; }
-__attribute__((always_inline)) inline void store_clip8(i32x8 acc, uint8_t* out) {
-    __m256i a = reinterpret_cast<__m256i>(acc);
-    a = _mm256_srai_epi32(a, kPrecisionBits);
-    __m256i p16 = _mm256_packs_epi32(a, a);          // int16, lanes (0..3,0..3 | 4..7,4..7)
-    __m256i p8 = _mm256_packus_epi16(p16, p16);      // uint8 with saturation = clip to [0, 255]
+}  // namespace x86
+
+namespace avx2 {
+typedef i32x8 vec;
+constexpr int kVec = 8;
+using x86::transpose_rows;
+__attribute__((always_inline)) inline vec splat(int32_t v) { return vec{v, v, v, v, v, v, v, v}; }
+__attribute__((always_inline)) inline vec load_vec(const uint8_t* p) {
+    return reinterpret_cast<vec>(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+__attribute__((always_inline)) inline void store_clip(vec acc, uint8_t* out) {
+    __m256i a = _mm256_srai_epi32(reinterpret_cast<__m256i>(acc), kPrecisionBits);
+    __m256i p16 = _mm256_packs_epi32(a, a);      // int16, lanes (0..3,0..3 | 4..7,4..7)
+    __m256i p8 = _mm256_packus_epi16(p16, p16);  // uint8 with saturation = clip to [0, 255]
     uint32_t lo = static_cast<uint32_t>(_mm256_extract_epi32(p8, 0));
     uint32_t hi = static_cast<uint32_t>(_mm256_extract_epi32(p8, 4));
     std::memcpy(out, &lo, 4);
@@ -157,14 +192,43 @@ __attribute__((always_inline)) inline void store_clip8(i32x8 acc, uint8_t* out) 
 #include "kernels.inc"
 }  // namespace avx2
 #pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2,avx512f,avx512bw")
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12 false positive inside avx512fintrin.h
+namespace avx512 {
+typedef int32_t vec __attribute__((vector_size(64)));
+constexpr int kVec = 16;
+using x86::transpose_rows;
+__attribute__((always_inline)) inline vec splat(int32_t v) { return reinterpret_cast<vec>(_mm512_set1_epi32(v)); }
+__attribute__((always_inline)) inline vec load_vec(const uint8_t* p) {
+    return reinterpret_cast<vec>(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+__attribute__((always_inline)) inline void store_clip(vec acc, uint8_t* out) {
+    __m512i a = _mm512_srai_epi32(reinterpret_cast<__m512i>(acc), kPrecisionBits);
+    a = _mm512_max_epi32(a, _mm512_setzero_si512());
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm512_cvtusepi32_epi8(a));  // saturates at 255
+}
+#include "kernels.inc"
+}  // namespace avx512
+#pragma GCC diagnostic pop
+#pragma GCC pop_options
 #endif
 
 Kernels select_kernels() {
-#if defined(COF_X86_AVX2)
+    const char* force = std::getenv("COF_EDGE_PREPROCESS_ISA");  // "generic" | "avx2" | "avx512"
+    std::string want = force ? force : "";
+#if defined(COF_X86_SIMD)
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2")) return {avx2::horizontal_block, avx2::vertical_row};
+    const bool has512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+    const bool has2 = __builtin_cpu_supports("avx2");
+    if (has512 && (want.empty() || want == "avx512"))
+        return {avx512::horizontal_block, avx512::vertical_row, "avx512"};
+    if (has2 && (want.empty() || want == "avx2" || want == "avx512"))
+        return {avx2::horizontal_block, avx2::vertical_row, "avx2"};
 #endif
-    return {generic::horizontal_block, generic::vertical_row};
+    return {generic::horizontal_block, generic::vertical_row, "generic"};
 }
 
 const Kernels& kernels() {
@@ -207,21 +271,61 @@ struct Job {
     int in_w = 0, in_h = 0;        // crop size
     int out_w = 0, out_h = 0;
     bool need_h = true, need_v = true;
+    bool vertical_first = false;  // pass order (see run_rows)
     Coeffs ch, cv;
     const float* lut = nullptr;  // 3 * 256, or null for the uint8 output mode
     float* patches = nullptr;
     uint8_t* out_u8 = nullptr;  // out_h * out_w * 3 when lut is null
 };
 
-// Output rows [r0, r1) of a job. Horizontal rows are produced on demand, kRows at a time, into a
-// small ring buffer (the vertical window only moves forward), so the intermediate image stays in cache.
+// Output rows [r0, r1) of a job.
 void run_rows(const Job& job, int r0, int r1) {
+    const Kernels& kern = kernels();
     const int row_len = job.out_w * 3;
-    const int ring = job.need_h ? job.cv.ksize + kRows : 0;
-    std::vector<uint8_t> ring_buf(static_cast<size_t>(ring) * row_len);
-    std::vector<uint8_t> tbuf(job.need_h ? static_cast<size_t>(job.in_w) * kLanes + 8 : 0);
     std::vector<uint8_t> block(job.lut ? static_cast<size_t>(kFactor) * row_len : 0);  // 28 rows
+    auto dst_row = [&](int yy) -> uint8_t* {
+        return job.lut ? block.data() + static_cast<size_t>(yy % kFactor) * row_len
+                       : job.out_u8 + static_cast<size_t>(yy) * row_len;
+    };
+    auto finish_row = [&](int yy) {
+        if (job.lut && yy % kFactor == kFactor - 1)
+            emit_patch_block(block.data(), yy / kFactor, job.out_w, job.lut, job.patches);
+    };
     std::vector<const uint8_t*> rows(job.cv.ksize + 1);
+
+    if (job.need_h && job.need_v && job.vertical_first) {
+        // Pillow >= 13 when the height shrinks more than twice as much as the width: vertical pass on
+        // the source rows first (full crop width), then the horizontal pass, kRows rows at a time.
+        const size_t vstride = static_cast<size_t>(job.in_w) * 3 + kRowPad;
+        std::vector<uint8_t> vbuf(static_cast<size_t>(kRows) * vstride);
+        std::vector<uint8_t> tbuf(static_cast<size_t>(job.in_w) * kLanes + 8);
+        for (int y0 = r0; y0 < r1;) {
+            int nb = std::min(kRows, r1 - y0);
+            if (job.lut) nb = std::min(nb, kFactor - y0 % kFactor);  // never straddle a 28-row block
+            const uint8_t* in_rows[kRows];
+            uint8_t* out_rows[kRows];
+            for (int r = 0; r < nb; r++) {
+                const int yy = y0 + r, ys = job.cv.start[yy], n = job.cv.count[yy];
+                for (int y = 0; y < n; y++) rows[y] = job.src + static_cast<ptrdiff_t>(ys + y) * job.src_stride;
+                uint8_t* v = vbuf.data() + r * vstride;
+                kern.vertical_row(rows.data(), &job.cv.k[static_cast<size_t>(yy) * job.cv.ksize], n, job.in_w * 3, v);
+                in_rows[r] = v;
+                out_rows[r] = dst_row(yy);
+            }
+            kern.horizontal_block(in_rows, nb, job.in_w, out_rows, job.out_w, job.ch, tbuf.data());
+            for (int r = 0; r < nb; r++) finish_row(y0 + r);
+            y0 += nb;
+        }
+        return;
+    }
+
+    // Horizontal pass first (Pillow's classic order). Horizontal rows are produced on demand, kRows at
+    // a time, into a small ring buffer (the vertical window only moves forward), so the intermediate
+    // image stays in cache.
+    const int ring = job.need_h ? job.cv.ksize + kRows : 0;
+    const size_t ring_stride = static_cast<size_t>(row_len) + kRowPad;
+    std::vector<uint8_t> ring_buf(static_cast<size_t>(ring) * ring_stride);
+    std::vector<uint8_t> tbuf(job.need_h ? static_cast<size_t>(job.in_w) * kLanes + 8 : 0);
     // The last input row this band needs (exclusive): never compute rows past it.
     const int need_end = job.need_v ? job.cv.start[r1 - 1] + job.cv.count[r1 - 1] : r1;
     int next = -1;  // ring holds input rows [next - ring, next)
@@ -235,25 +339,24 @@ void run_rows(const Job& job, int r0, int r1) {
             uint8_t* out_rows[kRows];
             for (int r = 0; r < nb; r++) {
                 in_rows[r] = job.src + static_cast<ptrdiff_t>(next + r) * job.src_stride;
-                out_rows[r] = ring_buf.data() + static_cast<size_t>((next + r) % ring) * row_len;
+                out_rows[r] = ring_buf.data() + static_cast<size_t>((next + r) % ring) * ring_stride;
             }
-            kernels().horizontal_block(in_rows, nb, job.in_w, out_rows, job.out_w, job.ch, tbuf.data());
+            kern.horizontal_block(in_rows, nb, job.in_w, out_rows, job.out_w, job.ch, tbuf.data());
             next += nb;
         }
-        return ring_buf.data() + static_cast<size_t>(iy % ring) * row_len;
+        return ring_buf.data() + static_cast<size_t>(iy % ring) * ring_stride;
     };
 
     for (int yy = r0; yy < r1; yy++) {
-        uint8_t* dst = job.lut ? block.data() + static_cast<size_t>(yy % kFactor) * row_len
-                               : job.out_u8 + static_cast<size_t>(yy) * row_len;
+        uint8_t* dst = dst_row(yy);
         if (job.need_v) {
             const int y0 = job.cv.start[yy], n = job.cv.count[yy];
             for (int y = 0; y < n; y++) rows[y] = hrow(y0 + y);
-            kernels().vertical_row(rows.data(), &job.cv.k[static_cast<size_t>(yy) * job.cv.ksize], n, row_len, dst);
+            kern.vertical_row(rows.data(), &job.cv.k[static_cast<size_t>(yy) * job.cv.ksize], n, row_len, dst);
         } else {
             std::memcpy(dst, hrow(yy), row_len);
         }
-        if (job.lut && yy % kFactor == kFactor - 1) emit_patch_block(block.data(), yy / kFactor, job.out_w, job.lut, job.patches);
+        finish_row(yy);
     }
 }
 
@@ -262,7 +365,7 @@ void run_job(const Job& job, int threads) {
     const int blocks = (job.out_h + kFactor - 1) / kFactor;
     long long work = static_cast<long long>(job.out_w) * job.out_h + static_cast<long long>(job.in_w) * job.in_h / 4;
     int nt = std::max(1, std::min(threads, blocks));
-    if (work < 200000) nt = 1;  // spawning threads costs more than it saves
+    if (work < 600000) nt = 1;  // spawning threads (~50-100 us) costs more than it saves
     if (nt == 1) {
         run_rows(job, 0, job.out_h);
         return;
@@ -307,15 +410,16 @@ struct Buffer {
     }
 };
 
-// run(src, height, width, x1, y1, x2, y2, out_h, out_w, lut_or_None, out, threads)
+// run(src, height, width, x1, y1, x2, y2, out_h, out_w, lut_or_None, out, threads[, order_rule])
 //   src: C-contiguous uint8 buffer of height*width*3; crop [x1, x2) x [y1, y2).
 //   lut None: out is uint8 out_h*out_w*3 (resized pixels). Otherwise lut is float32[3*256] and out is
-//   float32 [(out_h/14)*(out_w/14), 1176].
+//   float32 [(out_h/14)*(out_w/14), 1176]. order_rule: 1 = Pillow >= 13 pass order (default), 0 = always
+//   horizontal first (older Pillow).
 PyObject* py_run(PyObject*, PyObject* args) {
     PyObject *src_obj, *lut_obj, *out_obj;
-    int height, width, x1, y1, x2, y2, out_h, out_w, threads;
-    if (!PyArg_ParseTuple(args, "OiiiiiiiiOOi", &src_obj, &height, &width, &x1, &y1, &x2, &y2, &out_h, &out_w,
-                          &lut_obj, &out_obj, &threads))
+    int height, width, x1, y1, x2, y2, out_h, out_w, threads, order_rule = 1;
+    if (!PyArg_ParseTuple(args, "OiiiiiiiiOOi|i", &src_obj, &height, &width, &x1, &y1, &x2, &y2, &out_h, &out_w,
+                          &lut_obj, &out_obj, &threads, &order_rule))
         return nullptr;
     if (height <= 0 || width <= 0 || x1 < 0 || y1 < 0 || x2 > width || y2 > height || x2 <= x1 || y2 <= y1) {
         PyErr_SetString(PyExc_ValueError, "invalid image size or crop box");
@@ -355,6 +459,10 @@ PyObject* py_run(PyObject*, PyObject* args) {
         // Pillow: need_horizontal = xsize != in xsize (box is the whole crop); same for vertical.
         job.need_h = job.out_w != job.in_w;
         job.need_v = job.out_h != job.in_h;
+        // Pillow >= 13 (ImagingResampleInner): vertical pass first when the height shrinks by more than
+        // twice as many pixels as the width; older Pillow always goes horizontal first (order_rule 0).
+        const int dy = job.in_h - job.out_h, dx = job.in_w - job.out_w;
+        job.vertical_first = order_rule == 1 && dy > 0 && dy > dx * 2;
         if (job.need_h) job.ch = precompute_coeffs(job.in_w, job.out_w);
         if (job.need_v) job.cv = precompute_coeffs(job.in_h, job.out_h);
         if (!job.need_v) job.cv.ksize = 1;
@@ -375,7 +483,7 @@ PyObject* py_run(PyObject*, PyObject* args) {
 
 PyMethodDef methods[] = {
     {"run", py_run, METH_VARARGS,
-     "run(src, height, width, x1, y1, x2, y2, out_h, out_w, lut_or_None, out, threads): crop, Pillow-exact "
+     "run(src, height, width, x1, y1, x2, y2, out_h, out_w, lut_or_None, out, threads[, order_rule]): crop, Pillow-exact "
      "BICUBIC resize, then (lut given) normalize+patchify into out float32 [N, 1176], or (lut None) write the "
      "resized uint8 RGB pixels into out. Releases the GIL."},
     {nullptr, nullptr, 0, nullptr}};
@@ -390,5 +498,6 @@ PyMODINIT_FUNC PyInit__preprocess(void) {
     if (!m) return nullptr;
     PyModule_AddIntConstant(m, "PATCH_DIM", kPatchDim);
     PyModule_AddIntConstant(m, "ABI_VERSION", 1);
+    PyModule_AddStringConstant(m, "ISA", kernels().name);
     return m;
 }

@@ -11,7 +11,6 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 
 from cof_edge.engine import FocusEngine  # noqa: E402
 from cof_edge.generate import teacher_force  # noqa: E402
-from cof_edge.images import render_view  # noqa: E402
 from cof_edge.mrope import MRopeCursor  # noqa: E402
 from cof_edge.protocol import crop_turn_prompt, opening_prompt  # noqa: E402
 
@@ -50,7 +49,7 @@ def engines(tiny_models):
 
 def pixels(engine, state):
     processor = engine.backend.image_processor
-    views = [render_view(state.original, v) for v in state.views]
+    views = [state.source.view(v) for v in state.views]
     out = processor(images=views, do_resize=False, return_tensors="pt")
     return out["pixel_values"], out["image_grid_thw"]
 
@@ -148,9 +147,9 @@ def test_views_equal_what_the_hf_processor_makes_of_the_original(engines, size):
     image = photo_like(size[1], size[0], seed=1)
     state = engine.start(image, QUESTION)
     options = state.options
-    ours, grid = engine.backend.pixel_inputs(render_view(state.original, state.next_view))
+    ours, grid = engine.backend.pixel_inputs(state.source.view(state.next_view))
     processor = Qwen2VLImageProcessorPil(size={"shortest_edge": options.global_min_pixels,
                                                "longest_edge": options.global_max_pixels})
-    reference = processor(images=[state.original], return_tensors="pt")
+    reference = processor(images=[state.source.image], return_tensors="pt")
     assert grid.tolist() == reference["image_grid_thw"].tolist()
     torch.testing.assert_close(ours, reference["pixel_values"], atol=0, rtol=0)

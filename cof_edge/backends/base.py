@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any, Protocol, Sequence
 
 import numpy as np
-from PIL import Image
+
+from ..geometry import View
+from ..images import SourceImage
 
 
 class Session(Protocol):
@@ -23,16 +25,19 @@ class Backend(Protocol):
     name: str
     tokenizer: Any  # tokenizers.Tokenizer
 
-    def encode_image(self, image: Image.Image) -> Any:
-        """Vision embeddings of an RGB image whose sides are multiples of 28 ([tokens, hidden])."""
+    def encode_view(self, source: SourceImage, view: View) -> Any:
+        """Vision embeddings [tokens, hidden] of `view.region` of the source image, shown at `view.size`."""
         ...
 
     def new_session(self) -> Session: ...
 
 
 def load_backend(name: str, model_path, **kwargs) -> Backend:
-    """Backends are imported only when chosen: `transformers` imports torch, the others never do."""
+    """Backends are imported only when chosen: `transformers` imports torch, `onnxruntime` never does."""
     if name == "transformers":
         from .transformers_backend import TransformersBackend
         return TransformersBackend(model_path, **kwargs)
-    raise ValueError(f"unknown backend {name!r}; available: 'transformers'")
+    if name == "onnxruntime":
+        from .onnx_backend import OnnxBackend
+        return OnnxBackend(model_path, **kwargs)
+    raise ValueError(f"unknown backend {name!r}; available: 'transformers', 'onnxruntime'")

@@ -20,6 +20,9 @@ except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError("the transformers backend needs torch and transformers: pip install 'cof-edge[export]'") from exc
 from tokenizers import Tokenizer
 
+from ..geometry import View
+from ..images import SourceImage
+
 
 class TransformersBackend:
     name = "transformers"
@@ -49,8 +52,8 @@ class TransformersBackend:
         return out["pixel_values"].to(self.device), out["image_grid_thw"].to(self.device)
 
     @torch.inference_mode()
-    def encode_image(self, image: Image.Image) -> "torch.Tensor":
-        pixel_values, grid = self.pixel_inputs(image)
+    def encode_view(self, source: SourceImage, view: View) -> "torch.Tensor":
+        pixel_values, grid = self.pixel_inputs(source.view(view))
         features = self.model.model.get_image_features(pixel_values, grid, return_dict=True)
         return features.pooler_output[0]
 

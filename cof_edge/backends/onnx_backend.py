@@ -1,0 +1,90 @@
+"""ONNX Runtime backend: runs a cof-edge bundle with numpy, tokenizers and onnxruntime only (never torch).
+
+Graphs and their contracts come from the bundle's `cof.json`. The vision precompute (rotary positions, window
+layout) runs on the host (`cof_edge.vision_host`); M-RoPE positions come from the engine. Each session keeps its
+KV cache and appends to it: nothing already prefilled is prefilled again.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from .. import vision_host
+from ..bundle import Bundle, load_bundle
+from ..geometry import View
+from ..images import SourceImage
+from ..preprocess import preprocess
+from ..providers import choose_providers, session_providers
+
+class OnnxBackend:
+    name = "onnxruntime"
+
+    def __init__(self, bundle_dir: str | Path, variant: str | None = None, providers: Sequence[str] = ("cpu",),
+                 threads: int | None = None, verify: bool = False):
+        self.directory = Path(bundle_dir)
+        self.bundle = load_bundle(self.directory, verify=verify)
+        self.variant = variant or self.bundle.default_variant
+        graphs = self.bundle.variant(self.variant)
+        self.providers = choose_providers(providers, ort.get_available_providers())
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        self.sessions = {
+            kind: ort.InferenceSession(str(self.directory / entry.file), sess_options=options,
+                                       providers=session_providers(self.providers, self.bundle.providers, kind,
+                                                                   self.directory))
+            for kind, entry in graphs.items()}
+        self.tokenizer = Tokenizer.from_file(str(self.directory / "tokenizer.json"))
+        self.vision_geometry = vision_host.VisionGeometry.from_dict(self.bundle.vision)
+        self.image_token_id = self.bundle.special_tokens["image_pad"]
+        decoder_inputs = {i.name: i for i in self.sessions["decoder"].get_inputs()}
+        self.past_names = [name for name in decoder_inputs if name.startswith("past_")]
+        self.kv_dtype = np.float16 if decoder_inputs[self.past_names[0]].type == "tensor(float16)" else np.float32
+        text = self.bundle.text
+        self.kv_shape = (text["kv_heads"], text["head_dim"])
+
+    def pixel_inputs(self, source: SourceImage, view: View) -> tuple[np.ndarray, tuple[int, int, int]]:
+        pixels, grid = preprocess(source.pixels, (view.size[1], view.size[0]), box=view.region)
+        return pixels, tuple(grid)
+
+    def encode_view(self, source: SourceImage, view: View) -> np.ndarray:
+        pixels, grid = self.pixel_inputs(source, view)
+        feeds = vision_host.feed(pixels, [grid], self.vision_geometry)
+        return self.sessions["vision"].run(None, feeds)[0]
+
+    def embed(self, token_ids: np.ndarray) -> np.ndarray:
+        return self.sessions["embed"].run(None, {"input_ids": token_ids[None].astype(np.int64)})[0]
+
+    def new_session(self) -> "OnnxSession":
+        return OnnxSession(self)
+
+
+class OnnxSession:
+    def __init__(self, backend: OnnxBackend):
+        self.backend = backend
+        heads, head_dim = backend.kv_shape
+        self.past = {name: np.zeros((1, heads, 0, head_dim), backend.kv_dtype) for name in backend.past_names}
+        self.cached_tokens = 0
+
+    def forward(self, token_ids: np.ndarray, positions: np.ndarray, image_embeds: Sequence[np.ndarray]) -> np.ndarray:
+        backend = self.backend
+        embeds = backend.embed(token_ids)
+        if len(image_embeds):
+            image_rows = np.flatnonzero(token_ids == backend.image_token_id)
+            vision = np.concatenate(list(image_embeds)).astype(embeds.dtype, copy=False)
+            if len(image_rows) != len(vision):
+                raise ValueError(f"{len(image_rows)} image tokens but {len(vision)} image embeddings")
+            embeds[0, image_rows] = vision
+        total = self.cached_tokens + len(token_ids)
+        feeds = {"inputs_embeds": embeds, "attention_mask": np.ones((1, total), np.int64),
+                 "position_ids": np.ascontiguousarray(positions[:, None, :], dtype=np.int64), **self.past}
+        outputs = backend.sessions["decoder"].run(None, feeds)
+        self.past = dict(zip(backend.past_names, outputs[1:]))
+        self.cached_tokens = total
+        return outputs[0][0].astype(np.float32, copy=False)

@@ -1,0 +1,97 @@
+"""Precisions: each scheme writes its weights with onnxruntime's own tools and says how the result is run.
+
+- int8: `quantize_dynamic` (MatMul weights, and the embedding Gather), standard ONNX ops; CPU.
+- int4: weight-only `MatMulNBits` (block size configurable), an onnxruntime contrib op; CPU and CUDA.
+- fp16: `convert_float_to_float16` with LayerNorm/RMSNorm, RoPE (Cos/Sin) and Softmax paths kept in fp32, where
+  fp16 overflows; inputs and outputs stay fp32. For GPU targets.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import onnx
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class QuantSettings:
+    int4_block_size: int = 32
+    int4_accuracy_level: int | None = 4   # int8 compute for MatMulNBits on CPU
+    int8_per_channel: bool = True
+    # quantize_dynamic's int8 Gather is per-tensor: on our probes it moved top-1 (0.91 vs 1.0 with fp32 embeddings),
+    # so the embedding table stays fp32 unless asked; it is a lookup (memory), not compute.
+    int8_embeddings: bool = False
+
+
+@dataclass(frozen=True)
+class Scheme:
+    name: str
+    write: Callable[[Path, Path, str, QuantSettings], None] | None  # (fp32 graph, out, kind, settings)
+    flavour: str            # standard: ONNX-domain ops only; contrib: needs onnxruntime
+    runs_on: tuple[str, ...]
+
+
+# Ops whose fp16 arithmetic overflows or loses too much in norms, rotary embeddings and attention probabilities.
+FP16_KEEP_FP32 = ["Pow", "ReduceMean", "Sqrt", "Reciprocal", "Div", "Cos", "Sin", "Softmax", "Range",
+                  "LayerNormalization", "SimplifiedLayerNormalization", "Erf", "Exp"]
+
+
+def _int8(source: Path, out: Path, kind: str, settings: QuantSettings) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    ops = ["Gather"] if kind == "embed" else ["MatMul"]
+    quantize_dynamic(str(source), str(out), op_types_to_quantize=ops, per_channel=settings.int8_per_channel,
+                     weight_type=QuantType.QInt8, use_external_data_format=True,
+                     extra_options={"EnableSubgraph": False, "MatMulConstBOnly": True})
+
+
+def _int4(source: Path, out: Path, kind: str, settings: QuantSettings) -> None:
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(source)), bits=4, block_size=settings.int4_block_size,
+                                     is_symmetric=True, accuracy_level=settings.int4_accuracy_level,
+                                     op_types_to_quantize=("MatMul",))
+    quantizer.process()
+    _save(quantizer.model.model, out)
+
+
+def _fp16(source: Path, out: Path, kind: str, settings: QuantSettings) -> None:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True, op_block_list=FP16_KEEP_FP32)
+    _save(model, out)
+
+
+def _save(model: onnx.ModelProto, out: Path) -> None:
+    onnx.save(model, str(out), save_as_external_data=True, all_tensors_to_one_file=True,
+              location=out.name + ".data", size_threshold=1024)
+
+
+SCHEMES = {
+    "fp32": Scheme("fp32", None, "standard", ("cpu", "cuda", "tensorrt")),
+    "int8": Scheme("int8", _int8, "standard", ("cpu",)),
+    "int4": Scheme("int4", _int4, "contrib", ("cpu", "cuda")),
+    "fp16": Scheme("fp16", _fp16, "standard", ("cuda", "tensorrt")),
+}
+
+def converted_kinds(precision: str, settings: QuantSettings) -> tuple[str, ...]:
+    """The text graphs a decoder precision converts; the vision encoder's precision is chosen apart (fp32/fp16)."""
+    if precision == "fp32":
+        return ()
+    if precision == "int8":
+        return ("embed", "decoder") if settings.int8_embeddings else ("decoder",)
+    if precision == "int4":
+        return ("decoder",)
+    return ("embed", "decoder")
+
+
+def quantize_graph(precision: str, source: Path, out: Path, kind: str, settings: QuantSettings) -> None:
+    scheme = SCHEMES[precision]
+    if scheme.write is None:
+        raise ValueError(f"{precision} is the export precision itself; nothing to quantize")
+    scheme.write(source, out, kind, settings)

@@ -1,0 +1,167 @@
+"""Accuracy per resolution on held-out vsearch questions, run through the runtime (`FocusEngine`, greedy).
+
+    python -m cof_training.evaluate --model training/default_model --n 50 --methods no_zoom sft \
+        --out benchmarks/results/accuracy.json
+
+Methods:
+* `sft` / `rl`: CoF, the model zooms as it likes (`max_zooms` 2 by default).
+* `no_zoom`: the same model answering from the global view only: `max_zooms=0` plus *answer forcing*: whenever
+  greedy decoding picks `<tool_call>`, the tokens of `<answer>` are emitted in its place and decoding goes on, so
+  the model's letter is its best guess from the global view (a model trained to zoom would otherwise just end on
+  `max_zooms` with no answer). Its `<think>` text is its own.
+* `full_res` is not run for the default model (it never saw views beyond its budget); null in the JSON.
+The budgets are the model's RECIPE.json `ask_options` (what it was trained with). Images: held-out scenes
+(`--seed`, default 777, different from training's 1000) rendered at 3840x2160 and resized (LANCZOS) to each long side.
+Partial results (`--out` of one method) merge into one file with `--merge a.json b.json --out c.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cof_edge import FocusEngine
+from cof_edge.actions import answer_letter
+from cof_edge.data import RESOLUTIONS, render_sample, resize_to_long_side
+from cof_edge.generate import decode_one_token
+
+METHODS = ("no_zoom", "sft", "rl", "full_res")
+
+
+class DirectAnswerEngine(FocusEngine):
+    """Greedy decoding that turns a `<tool_call>` into `<answer>`: answers from the views already seen."""
+
+    def respond(self, state, logits) -> list[int]:
+        tool_id = self.backend.tokenizer.token_to_id("<tool_call>")
+        forced = self.layout.encode("<answer>")
+        stop_ids, limit = self.layout.special.stop_ids, state.options.max_new_tokens
+        tokens: list[int] = []
+        while True:
+            token = int(np.argmax(logits))
+            if token == tool_id:
+                for f in forced:
+                    tokens.append(f)
+                    logits = decode_one_token(state.session, state.cursor, f)
+                continue
+            tokens.append(token)
+            if token in stop_ids or len(tokens) >= limit:
+                return tokens  # the last token stays unfed, as in decode_greedy
+            logits = decode_one_token(state.session, state.cursor, token)
+
+
+def load_budgets(model_dir: Path) -> dict:
+    recipe = model_dir / "RECIPE.json"
+    return json.loads(recipe.read_text())["ask_options"] if recipe.is_file() else {}
+
+
+def evaluate(model_dir, methods, n: int, seed: int = 777, resolutions=RESOLUTIONS, max_zooms: int = 2,
+             max_new_tokens: int = 96, threads: int = 1, log=print) -> dict:
+    model_dir = Path(model_dir)
+    budgets = load_budgets(model_dir)
+    engines = {}
+    for m in methods:
+        cls = DirectAnswerEngine if m == "no_zoom" else FocusEngine
+        engines[m] = cls.from_pretrained(model_dir, threads=threads)
+    stats = {m: {r: {"correct": 0, "n": 0, "zooms": 0, "by_category": {}} for r in resolutions} for m in methods}
+    t0 = time.time()
+    for i in range(n):
+        sample = render_sample(seed, i)
+        for res in resolutions:
+            image = resize_to_long_side(sample.image, res)
+            for m in methods:
+                zooms = 0 if m == "no_zoom" else max_zooms
+                result = engines[m].ask(image, sample.text, max_zooms=zooms, max_new_tokens=max_new_tokens, **budgets)
+                ok = answer_letter(result.answer) == sample.label
+                s = stats[m][res]
+                s["n"] += 1
+                s["correct"] += ok
+                s["zooms"] += result.zooms
+                cat = s["by_category"].setdefault(sample.category, [0, 0])
+                cat[0] += ok
+                cat[1] += 1
+        if log and (i + 1) % 5 == 0:
+            accs = {m: [round(100 * stats[m][r]["correct"] / stats[m][r]["n"]) for r in resolutions] for m in methods}
+            log(f"[{i + 1}/{n}] {time.time() - t0:.0f}s {accs}")
+    return summarize(stats, methods, resolutions, n, seed, model_dir, budgets)
+
+
+def summarize(stats, methods, resolutions, n, seed, model_dir, budgets) -> dict:
+    out = {"resolutions": list(resolutions), "methods": {m: None for m in METHODS}, "n_per_resolution": n,
+           "eval_seed": seed, "model": str(model_dir), "ask_options": budgets, "avg_zooms": {}, "by_category": {}}
+    for m in methods:
+        out["methods"][m] = [round(100 * stats[m][r]["correct"] / max(1, stats[m][r]["n"]), 1) for r in resolutions]
+        out["avg_zooms"][m] = [round(stats[m][r]["zooms"] / max(1, stats[m][r]["n"]), 2) for r in resolutions]
+        out["by_category"][m] = {
+            cat: [round(100 * stats[m][r]["by_category"].get(cat, [0, 0])[0]
+                        / max(1, stats[m][r]["by_category"].get(cat, [0, 1])[1]), 1) for r in resolutions]
+            for cat in ("direct_attributes", "relative_position")}
+    return out
+
+
+def merge(paths) -> dict:
+    merged = None
+    for p in paths:
+        part = json.loads(Path(p).read_text())
+        if merged is None:
+            merged = part
+            continue
+        for key in ("methods", "avg_zooms", "by_category"):
+            for m, v in part[key].items():
+                if v is not None:
+                    merged[key][m] = v
+    return merged
+
+
+def plot(result: dict, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    xs = list(range(len(result["resolutions"])))
+    for m, values in result["methods"].items():
+        if values is not None:
+            ax.plot(xs, values, marker="o", label=m)
+    ax.set_xticks(xs, [str(r) for r in result["resolutions"]])
+    ax.set_xlabel("image long side (px)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.set_title(f"vsearch held-out, {result['n_per_resolution']} questions per resolution")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m cof_training.evaluate", description=__doc__.splitlines()[0])
+    p.add_argument("--model", type=Path, default=Path("training/default_model"))
+    p.add_argument("--methods", nargs="+", default=["no_zoom", "sft"], choices=[m for m in METHODS if m != "full_res"])
+    p.add_argument("--n", type=int, default=200)
+    p.add_argument("--seed", type=int, default=777)
+    p.add_argument("--resolutions", type=int, nargs="+", default=list(RESOLUTIONS))
+    p.add_argument("--max-zooms", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--merge", nargs="+", type=Path, default=None, help="merge partial result files instead")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/accuracy.json"))
+    args = p.parse_args(argv)
+    if args.merge:
+        result = merge(args.merge)
+    else:
+        result = evaluate(args.model, args.methods, args.n, args.seed, tuple(args.resolutions), args.max_zooms,
+                          threads=args.threads)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    plot(result, args.out.with_suffix(".png"))
+    print(json.dumps(result["methods"]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,107 @@
+"""Training presets: one dataclass per recipe. `PRESETS[name]` → `Preset`; everything a run needs is here.
+
+* `cpu-default`: the model that ships (training/default_model): a ~1.7M-param Qwen2.5-VL from scratch, small
+  tokenizer, full fine-tuning, small views (global <= 448x252 = 144 tokens, crops <= 224x224 = 64 tokens).
+* `smoke`: seconds, for tests.
+* `gpu-3b` / `gpu-7b`: LoRA on real Qwen2.5-VL checkpoints (documented recipe; needs CUDA, not run here).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from cof_edge.geometry import FACTOR
+from cof_edge.options import AskOptions
+
+from .tiny import TinySpec
+
+
+@dataclass
+class Budgets:
+    """The pixel budgets trained with: the runtime must use the same ones for this model (RECIPE.json)."""
+
+    global_min_pixels: int = 112 * 112
+    global_max_pixels: int = 448 * 252
+    crop_min_pixels: int = 112 * 112
+    crop_max_pixels: int = 224 * 224
+
+    def ask_options(self, **overrides) -> AskOptions:
+        return AskOptions(**asdict(self), **overrides)
+
+
+@dataclass
+class Preset:
+    name: str
+    base_model: str | None = None          # HF dir/id to fine-tune; None: build from scratch with `spec`
+    spec: TinySpec | None = None
+    tokenizer: str = "small"
+    budgets: Budgets = field(default_factory=Budgets)
+    # data: vsearch scenes rendered at native 3840x2160, each shown at several resolutions (long side)
+    data_seed: int = 1000
+    scenes: int = 4000
+    resolutions: tuple = (3840, 3840, 2560, 1920, 1024)   # sampled per scene (repeats = weight)
+    res_per_scene: int = 2
+    all_tag_questions: bool = True       # an attribute question for every tag of a scene, not only the sample's
+    box_min_side: float = 16.0
+    two_zoom_below: float = 0.0
+    # optimisation
+    lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_targets: tuple = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    max_steps: int = 2400
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 2e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    save_steps: int = 100
+    save_total_limit: int = 2
+    seed: int = 0
+    threads: int = 1
+    logging_steps: int = 10
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    quantization: str | None = None       # "4bit" (QLoRA, bitsandbytes) where CUDA exists
+    deepspeed: str | None = None          # path to a DeepSpeed config (CUDA only)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+CPU_DEFAULT = Preset(
+    name="cpu-default",
+    spec=TinySpec(text_hidden=128, text_layers=4, text_heads=4, text_kv_heads=2, text_intermediate=384,
+                  vision_hidden=96, vision_depth=4, vision_heads=2, vision_intermediate=256,
+                  fullatt_block_indexes=(1, 3), mrope_section=(4, 6, 6), logit_std=None),
+)
+
+SMOKE = Preset(
+    name="smoke", spec=TinySpec(), scenes=2, resolutions=(3840,), res_per_scene=1, max_steps=3, batch_size=2,
+    lr=1e-3, warmup_steps=0, save_steps=2, logging_steps=1, threads=1,
+    budgets=Budgets(global_max_pixels=224 * 126, crop_max_pixels=112 * 112),
+)
+
+# Real checkpoints (CUDA): LoRA on the language model, vision tower frozen; the CoF release's budgets are larger.
+GPU_3B = Preset(
+    name="gpu-3b", base_model="Qwen/Qwen2.5-VL-3B-Instruct", tokenizer="qwen", lora=True, lora_r=64, lora_alpha=128,
+    budgets=Budgets(global_max_pixels=1280 * FACTOR * FACTOR, crop_max_pixels=1280 * FACTOR * FACTOR),
+    scenes=20000, max_steps=2000, batch_size=4, grad_accum=4, lr=1e-4, warmup_steps=50, save_steps=200,
+    bf16=True, gradient_checkpointing=True, threads=8, deepspeed="training/configs/zero2.json",
+)
+GPU_7B = Preset(
+    name="gpu-7b", base_model="Qwen/Qwen2.5-VL-7B-Instruct", tokenizer="qwen", lora=True, lora_r=64, lora_alpha=128,
+    budgets=Budgets(global_max_pixels=1280 * FACTOR * FACTOR, crop_max_pixels=1280 * FACTOR * FACTOR),
+    scenes=20000, max_steps=2000, batch_size=2, grad_accum=8, lr=5e-5, warmup_steps=50, save_steps=200,
+    bf16=True, gradient_checkpointing=True, threads=8, quantization="4bit", deepspeed="training/configs/zero2.json",
+)
+
+PRESETS = {p.name: p for p in (CPU_DEFAULT, SMOKE, GPU_3B, GPU_7B)}
+
+
+def get_preset(name: str, **overrides) -> Preset:
+    import dataclasses
+
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
+    return dataclasses.replace(PRESETS[name], **overrides) if overrides else PRESETS[name]

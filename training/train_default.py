@@ -1,0 +1,169 @@
+"""Train a CoF model from a preset; the default model ships from `--preset cpu-default`.
+
+    python -m cof_training.train_default --preset cpu-default --out training/default_model [--resume]
+
+Steps: build the random init (small tokenizer, `preset.spec`) → pre-render the vsearch trajectory cache (unless
+`--cache` points at one, possibly still growing) → TRL SFTTrainer (training/sft.py) with checkpoints every
+`save_steps` (weights, optimizer, scheduler, RNG, step) under `--work-dir/checkpoints` → `--resume` continues from
+the latest. Each checkpoint is also exported to `--out` as a plain HF directory (weights, tokenizer, image processor)
+with `RECIPE.json` (preset, budgets the runtime must use, seeds, steps, wall time, command), so a usable model exists
+from the first save on. Run it in the background: `nohup python -m cof_training.train_default ... &`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+HF_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "preprocessor_config.json")
+
+
+def latest_checkpoint(ckpt_dir: Path) -> Path | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return Path(get_last_checkpoint(str(ckpt_dir))) if ckpt_dir.is_dir() and get_last_checkpoint(str(ckpt_dir)) else None
+
+
+def export_model(model, init_dir: Path, out: Path, recipe: dict) -> None:
+    """A plain HF directory the runtime loads: weights (LoRA merged), generation config, tokenizer, processor."""
+    out.mkdir(parents=True, exist_ok=True)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if hasattr(model, "merge_and_unload"):
+        import copy
+
+        base = copy.deepcopy(model).merge_and_unload()
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    base.save_pretrained(str(tmp), safe_serialization=True)
+    for name in HF_FILES:
+        if (init_dir / name).is_file():
+            shutil.copy(init_dir / name, tmp / name)
+    (tmp / "RECIPE.json").write_text(json.dumps(recipe, indent=2, default=str), encoding="utf-8")
+    for f in tmp.iterdir():  # replace file by file: a reader never sees a half-written directory for long
+        f.replace(out / f.name)
+    tmp.rmdir()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m cof_training.train_default", description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="cpu-default")
+    p.add_argument("--out", type=Path, default=Path("training/default_model"))
+    p.add_argument("--work-dir", type=Path, default=None, help="checkpoints + init + cache (default training/runs/PRESET)")
+    p.add_argument("--cache", type=Path, default=None, help="trajectory cache dir (default WORK_DIR/cache)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in WORK_DIR")
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--save-steps", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--time-budget-min", type=float, default=None,
+                   help="cosine LR over this much wall-clock time (resumes included), then stop and export")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv=None, extra_callbacks=()) -> int:
+    args = build_parser().parse_args(argv)
+    import torch
+
+    from cof_edge.protocol import TokenLayout
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration, TrainerCallback
+
+    from .cache import build_cache, read_cache
+    from .presets import get_preset
+    from .sft import (apply_lora, cache_stream, image_processor_for, make_trainer, seed_everything, sft_config,
+                      time_budget_schedule)
+    from .tiny import build_tiny_model
+
+    overrides = {k: v for k, v in dict(max_steps=args.max_steps, save_steps=args.save_steps,
+                                       batch_size=args.batch_size, lr=args.lr, threads=args.threads).items()
+                 if v is not None}
+    preset = get_preset(args.preset, **overrides)
+    torch.set_num_threads(preset.threads)
+    seed_everything(preset.seed)
+    work = args.work_dir or Path("training/runs") / preset.name
+    work.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = work / "checkpoints"
+    resume = latest_checkpoint(ckpt_dir) if args.resume else None
+
+    if preset.base_model is None:
+        init = work / "init"
+        if not (init / "model.safetensors").is_file():
+            build_tiny_model(init, tokenizer=preset.tokenizer, spec=preset.spec, seed=preset.seed)
+    else:
+        init = Path(preset.base_model)
+    cache = args.cache or work / "cache"
+    if not read_cache(cache):
+        build_cache(preset, cache, 0, preset.scenes, progress=not args.no_progress)
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(init, dtype=torch.float32)
+    if preset.lora:
+        model = apply_lora(model, preset.lora_r, preset.lora_alpha, preset.lora_targets)
+    tokenizer = AutoTokenizer.from_pretrained(init)
+    layout = TokenLayout(Tokenizer.from_file(str(init / "tokenizer.json")))
+    start_step = int(resume.name.split("-")[-1]) if resume else 0
+    dataset = cache_stream(cache, seed=preset.seed, start_step=start_step)
+
+    wall_file = work / "wall_time.json"
+    wall_before = json.loads(wall_file.read_text())["seconds"] if resume and wall_file.is_file() else 0.0
+    t0 = time.time()
+    n_params = sum(p.numel() for p in model.parameters())
+
+    def recipe(step: int) -> dict:
+        return {
+            "preset": preset.name,
+            "config": preset.to_dict(),
+            "ask_options": dataclasses.asdict(preset.budgets),
+            "trajectory": {"box_min_side": preset.box_min_side, "two_zoom_below": preset.two_zoom_below},
+            "params": n_params,
+            "seeds": {"init": preset.seed, "train": preset.seed, "data": preset.data_seed},
+            "steps": step,
+            "examples_seen": step * preset.batch_size * preset.grad_accum,
+            "wall_time_s": round(wall_before + time.time() - t0, 1),
+            "time_budget_min": args.time_budget_min,
+            "threads": preset.threads,
+            "cache_records": len(read_cache(cache)),
+            "command": " ".join(["python -m cof_training.train_default", *(argv if argv is not None else sys.argv[1:])]),
+            "torch": torch.__version__,
+        }
+
+    class Export(TrainerCallback):
+        def on_save(self, _args, state, control, model=None, **kwargs):
+            wall_file.write_text(json.dumps({"seconds": wall_before + time.time() - t0, "step": state.global_step}))
+            export_model(model, init, args.out, recipe(state.global_step))
+
+    def elapsed() -> float:
+        return wall_before + time.time() - t0
+
+    callbacks, optimizers = [Export(), *extra_callbacks], (None, None)
+    if args.time_budget_min:
+        budget = args.time_budget_min * 60
+        optimizers = time_budget_schedule(model, preset, budget, elapsed)
+
+        class Deadline(TrainerCallback):
+            def on_step_end(self, _args, state, control, **kwargs):
+                if elapsed() >= budget:
+                    control.should_training_stop = True
+                    control.should_save = True
+
+        callbacks.append(Deadline())
+    targs = sft_config(ckpt_dir, preset, disable_tqdm=args.no_progress)
+    trainer = make_trainer(model, tokenizer, dataset, targs, layout, image_processor_for(init), callbacks=callbacks,
+                           optimizers=optimizers)
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    trainer.save_model(str(ckpt_dir / "final"))
+    wall_file.write_text(json.dumps({"seconds": wall_before + time.time() - t0, "step": trainer.state.global_step}))
+    export_model(trainer.model, init, args.out, recipe(trainer.state.global_step))
+    print(f"model written to {args.out} after {trainer.state.global_step} steps")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
