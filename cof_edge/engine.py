@@ -8,6 +8,7 @@ from typing import Callable
 
 from .actions import ActionKind, extract_answer, parse_action
 from .backends.base import Backend, load_backend
+from .crop_cache import CropCache
 from .generate import decode_greedy, prefill
 from .geometry import PATCH, CropError, View, global_view, plan_crop
 from .images import SourceImage, load_image
@@ -20,10 +21,12 @@ StepCallback = Callable[[StepTrace], None]
 
 
 class FocusEngine:
-    def __init__(self, backend: Backend, options: AskOptions | None = None):
+    def __init__(self, backend: Backend, options: AskOptions | None = None, crop_cache: CropCache | None = None):
+        """`crop_cache`: vision embeddings shared across questions (None: a 256 MiB one; `CropCache(0)` disables)."""
         self.backend = backend
         self.options = options or AskOptions()
         self.layout = TokenLayout(backend.tokenizer)
+        self.crop_cache = crop_cache if crop_cache is not None else CropCache()
 
     @classmethod
     def load(cls, bundle_dir: str | Path, providers=("cpu",), threads: int | None = None, variant: str | None = None,
@@ -63,7 +66,7 @@ class FocusEngine:
         options, view = state.options, state.next_view
         first_turn = not state.views
         t0 = time.perf_counter()
-        embeds = self.backend.encode_view(state.source, view)
+        embeds, cache_hit = self._encode(state, view)
         t_vision = time.perf_counter()
 
         text = opening_prompt(state.question) if first_turn else crop_turn_prompt()
@@ -86,13 +89,22 @@ class FocusEngine:
 
         trace = StepTrace(index=len(state.result.steps), action="none", text=reply, view_region=view.region,
                           view_size=view.size, visual_tokens=view.visual_tokens, prompt_tokens=len(ids),
-                          new_tokens=len(tokens))
+                          new_tokens=len(tokens), cache_hit=cache_hit)
         self._act(state, reply, trace, hit_token_bound=not state.turn_closed)
         t_end = time.perf_counter()
         trace.ms = {"vision": _ms(t0, t_vision), "prefill": _ms(t_vision, t_prefill),
                     "decode": _ms(t_prefill, t_decode), "total": _ms(t0, t_end)}
         state.result.steps.append(trace)
         return trace
+
+    def _encode(self, state: FocusState, view: View):
+        key = (state.source.digest, view.region, view.size, getattr(self.backend, "cache_id", id(self.backend)))
+        embeds = self.crop_cache.get(key)
+        if embeds is not None:
+            return embeds, True
+        embeds = self.backend.encode_view(state.source, view)
+        self.crop_cache.put(key, embeds)
+        return embeds, False
 
     def respond(self, state: FocusState, logits) -> list[int]:
         """The reply's tokens given the prefill logits; greedy. Its last token stays unfed until the next turn."""

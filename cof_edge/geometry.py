@@ -79,6 +79,7 @@ class CropSettings:
     min_side: int = 56          # original pixels; smaller boxes (zero-area ones too) grow to this about their centre
     min_pixels: int = 112 * 112
     max_pixels: int = 256 * FACTOR * FACTOR
+    snap: int = 0               # align crops outward to this grid of the original (0: off); raises cache hits
 
     def __post_init__(self):
         if not self.enlarge >= 1.0:
@@ -87,6 +88,8 @@ class CropSettings:
             raise ValueError(f"upscale must be > 0, got {self.upscale}")
         if self.min_side < 1:
             raise ValueError(f"min_side must be >= 1, got {self.min_side}")
+        if self.snap < 0:
+            raise ValueError(f"snap must be >= 0, got {self.snap}")
         if not 0 < self.min_pixels <= self.max_pixels:
             raise ValueError(f"need 0 < min_pixels <= max_pixels, got {self.min_pixels}, {self.max_pixels}")
 
@@ -139,6 +142,8 @@ def plan_crop(box: Box, shown: View, image_size: tuple[int, int], settings: Crop
     if mapped[2] - mapped[0] <= 0 or mapped[3] - mapped[1] <= 0:
         repairs.append("zero_area")
     region = _grow(mapped, settings.enlarge, settings.min_side, width, height, repairs)
+    if settings.snap:
+        region = _snap(region, settings.snap, width, height)
     crop_w, crop_h = region[2] - region[0], region[3] - region[1]
     try:
         view_h, view_w = smart_resize(max(1, round(crop_h * settings.upscale)), max(1, round(crop_w * settings.upscale)),
@@ -158,6 +163,11 @@ def _grow(box: Box, enlarge: float, min_side: int, width: int, height: int, repa
     x1, x2 = _fit_span(cx, bw, width)
     y1, y2 = _fit_span(cy, bh, height)
     return (x1, y1, x2, y2)
+
+
+def _snap(region: Region, grid: int, width: int, height: int) -> Region:
+    x1, y1, x2, y2 = region
+    return (x1 // grid * grid, y1 // grid * grid, min(width, -(-x2 // grid) * grid), min(height, -(-y2 // grid) * grid))
 
 
 def _fit_span(centre: float, span: float, limit: int) -> tuple[int, int]:

@@ -20,6 +20,7 @@ class AskOptions:
     enlarge: float = 1.5
     crop_upscale: float = 2.0
     min_crop_side: int = 56
+    snap_crops: int = 0                              # align crops to this pixel grid of the original (0: off)
     box_frame: BoxFrame = BoxFrame.PIXELS            # frame of bbox_2d in tool calls
     stop_on_repeated_box: bool = True
 
@@ -38,7 +39,7 @@ class AskOptions:
     @property
     def crop_settings(self) -> CropSettings:
         return CropSettings(enlarge=self.enlarge, upscale=self.crop_upscale, min_side=self.min_crop_side,
-                            min_pixels=self.crop_min_pixels, max_pixels=self.crop_max_pixels)
+                            min_pixels=self.crop_min_pixels, max_pixels=self.crop_max_pixels, snap=self.snap_crops)
 
     def with_overrides(self, **overrides) -> "AskOptions":
         known = {f.name for f in dataclasses.fields(self)}

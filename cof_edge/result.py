@@ -23,6 +23,7 @@ class StepTrace:
     crop_region: Region | None = None           # where the next view is cut from the original
     repairs: tuple[str, ...] = ()
     error: str | None = None
+    cache_hit: bool = False                     # the view's vision embeddings came from the crop cache
     ms: dict[str, float] = field(default_factory=dict)  # vision, prefill, decode, total
 
 
@@ -51,13 +52,17 @@ class FocusResult:
         return sum(s.new_tokens for s in self.steps)
 
     @property
+    def cache_hits(self) -> int:
+        return sum(1 for s in self.steps if s.cache_hit)
+
+    @property
     def total_ms(self) -> float:
         return sum(s.ms.get("total", 0.0) for s in self.steps)
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
         out.update(zooms=self.zooms, visual_tokens=self.visual_tokens, prompt_tokens=self.prompt_tokens,
-                   new_tokens=self.new_tokens, total_ms=round(self.total_ms, 3))
+                   new_tokens=self.new_tokens, cache_hits=self.cache_hits, total_ms=round(self.total_ms, 3))
         return out
 
     def chain_lines(self) -> list[str]:
@@ -66,8 +71,8 @@ class FocusResult:
         for s in self.steps:
             x1, y1, x2, y2 = s.view_region
             head = (f"step {s.index}: saw [{x1},{y1},{x2},{y2}] at {s.view_size[0]}x{s.view_size[1]} "
-                    f"({s.visual_tokens} visual, {s.prompt_tokens} prefilled, {s.new_tokens} new tokens, "
-                    f"{s.ms.get('total', 0.0):.0f} ms)")
+                    f"({s.visual_tokens} visual{' cached' if s.cache_hit else ''}, {s.prompt_tokens} prefilled, "
+                    f"{s.new_tokens} new tokens, {s.ms.get('total', 0.0):.0f} ms)")
             if s.crop_region is not None:
                 cx1, cy1, cx2, cy2 = s.crop_region
                 tail = f"-> zoom [{cx1},{cy1},{cx2},{cy2}]"

@@ -99,11 +99,6 @@ Coeffs precompute_coeffs(int in_size, int out_size) {
     return c;
 }
 
-inline uint8_t clip8(int32_t v) {
-    int32_t s = v >> kPrecisionBits;  // arithmetic shift, like Pillow's lookup index
-    return static_cast<uint8_t>(s < 0 ? 0 : (s > 255 ? 255 : s));
-}
-
 // Portable SIMD through GCC/Clang vector extensions (lowered to SSE2, NEON, ...). On x86-64 with GCC
 // the same kernels (kernels.inc) are compiled twice more, for AVX2 and AVX-512 (#pragma GCC target),
 // and the widest the CPU supports is picked once at run time.
@@ -385,7 +380,11 @@ void run_job(const Job& job, int threads) {
         if (t == nt - 1) {
             body();
         } else {
-            pool.emplace_back(body);
+            try {
+                pool.emplace_back(body);
+            } catch (...) {  // could not start a thread: do that band here
+                body();
+            }
         }
     }
     for (auto& th : pool) th.join();
@@ -488,8 +487,15 @@ PyMethodDef methods[] = {
      "resized uint8 RGB pixels into out. Releases the GIL."},
     {nullptr, nullptr, 0, nullptr}};
 
-PyModuleDef module = {PyModuleDef_HEAD_INIT, "_preprocess",
-                      "Native Qwen2-VL image preprocessing (see cof_edge.preprocess).", -1, methods};
+PyModuleDef module = {PyModuleDef_HEAD_INIT,
+                      "_preprocess",
+                      "Native Qwen2-VL image preprocessing (see cof_edge.preprocess).",
+                      -1,
+                      methods,
+                      nullptr,
+                      nullptr,
+                      nullptr,
+                      nullptr};
 
 }  // namespace
 

@@ -20,7 +20,7 @@ from cof_edge.bundle import MANIFEST, Bundle, GraphEntry, file_sha256, load_bund
 from cof_edge.options import AskOptions
 from cof_edge.protocol import SpecialIds
 
-from . import parity
+from . import fused, parity
 from .graphs import TextGeometry, export_decoder, export_embed, graph_signature, non_standard_ops
 from .quantize import SCHEMES, QuantSettings, converted_kinds, quantize_graph
 from .tensorrt import provider_options
@@ -45,6 +45,7 @@ class ExportConfig:
     quant: QuantSettings = field(default_factory=QuantSettings)
     budgets: dict[str, int] = field(default_factory=dict)   # overrides of the checkpoint's / AskOptions' budgets
     default_variant: str | None = None
+    fused: bool = True                      # cpu target: also build ORT-fused decoders (export/fused.py), kept if faster
 
     def __post_init__(self):
         unknown = [p for p in self.precisions if p not in SCHEMES]
@@ -126,6 +127,8 @@ def export_bundle(model_dir: str | Path, out_dir: str | Path, config: ExportConf
         if missed and not config.force:
             raise ParityError(f"parity gate failed, nothing written: {missed} (use --force to write it anyway, "
                               f"marked as forced in {MANIFEST})")
+        if config.fused and config.target == "cpu":  # fused decoders: kept only when faster and gated (fused.py)
+            missed.update(fused.add_fused_variants(model_dir, staging, bundle, reference, config, say))
         bundle.forced = bool(missed)
         bundle.exporter["seconds"] = round(time.perf_counter() - started, 2)
         (staging / MANIFEST).write_text(bundle.to_json())

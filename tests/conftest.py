@@ -1,5 +1,13 @@
+import json
+
 import numpy as np
 import pytest
+
+from cof_edge.engine import FocusEngine
+from cof_edge.generate import teacher_force
+
+QUESTION = "What symbol is on the red tag?\n(A) circle\n(B) star\n(C) heart\n(D) arrow\n" \
+           "Answer with the option's letter from the given choices directly."
 
 
 @pytest.fixture(scope="session")
@@ -10,6 +18,20 @@ def tiny_models(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("tiny")
     return {name: build_tiny_model(root / name, tokenizer=name, seed=0) for name in ("qwen", "small")}
+
+
+BUNDLE_PRECISIONS = {"small": ("fp32", "int8", "int4", "fp16"), "qwen": ("fp32", "int8")}
+
+
+@pytest.fixture(scope="session")
+def bundles(tiny_models, tmp_path_factory):
+    """The tiny models exported with cof-export (forced: random int4 weights miss the int4 gate)."""
+    from cof_export.pipeline import ExportConfig, export_bundle
+
+    root = tmp_path_factory.mktemp("bundles")
+    for name, precisions in BUNDLE_PRECISIONS.items():
+        export_bundle(tiny_models[name], root / name, ExportConfig(precisions=precisions, force=True))
+    return {name: root / name for name in BUNDLE_PRECISIONS}
 
 
 @pytest.fixture(scope="session", params=["qwen", "small"])
@@ -27,3 +49,25 @@ def photo_like(height: int, width: int, seed: int = 0) -> np.ndarray:
         y, x = rng.integers(0, height), rng.integers(0, width)
         image[y:y + height // 5, x:x + width // 5] = rng.integers(0, 255, 3)
     return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def zoom_reply(box):
+    call = {"name": "image_zoom_in_tool", "arguments": {"bbox_2d": box, "label": "red tag"}}
+    return f"<think>The tag is small; zoom in.</think> <tool_call>\n{json.dumps(call)}\n</tool_call>"
+
+
+class ScriptedEngine(FocusEngine):
+    """Replies given as text are teacher-forced through the real model; None means decode greedily."""
+
+    def __init__(self, backend, replies, **kw):
+        super().__init__(backend, **kw)
+        self.replies = list(replies)
+        self.last_logits = None
+
+    def respond(self, state, logits):
+        reply = self.replies.pop(0)
+        if reply is None:
+            return super().respond(state, logits)
+        tokens = self.layout.encode(reply) + [self.layout.special.im_end]
+        self.last_logits = teacher_force(state.session, state.cursor, tokens)
+        return tokens

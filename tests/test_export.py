@@ -24,14 +24,7 @@ from conftest import photo_like  # noqa: E402
 
 QUESTION = "What symbol is on the red tag?\n(A) circle\n(B) star\n(C) heart\n(D) arrow\n" \
            "Answer with the option's letter from the given choices directly."
-PRECISIONS = {"small": ("fp32", "int8", "int4", "fp16"), "qwen": ("fp32", "int8")}
-
-
-@pytest.fixture(scope="module")
-def bundles(tiny_models, tmp_path_factory):
-    root = tmp_path_factory.mktemp("bundles")
-    return {name: export_bundle(tiny_models[name], root / name, ExportConfig(precisions=PRECISIONS[name], force=True))
-            and root / name for name in PRECISIONS}
+from conftest import BUNDLE_PRECISIONS as PRECISIONS  # noqa: E402
 
 
 @pytest.mark.parametrize("tokenizer", ["small", "qwen"])

@@ -1,7 +1,5 @@
 """The reference backend: greedy tokens equal transformers' generate(), KV reuse across zoom turns."""
 
-import json
-
 import numpy as np
 import pytest
 
@@ -10,36 +8,10 @@ from transformers import Qwen2_5_VLForConditionalGeneration  # noqa: E402
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil  # noqa: E402
 
 from cof_edge.engine import FocusEngine  # noqa: E402
-from cof_edge.generate import teacher_force  # noqa: E402
 from cof_edge.mrope import MRopeCursor  # noqa: E402
 from cof_edge.protocol import crop_turn_prompt, opening_prompt  # noqa: E402
 
-from conftest import photo_like  # noqa: E402
-
-QUESTION = "What symbol is on the red tag?\n(A) circle\n(B) star\n(C) heart\n(D) arrow\n" \
-           "Answer with the option's letter from the given choices directly."
-
-
-def zoom_reply(box):
-    call = {"name": "image_zoom_in_tool", "arguments": {"bbox_2d": box, "label": "red tag"}}
-    return f"<think>The tag is small; zoom in.</think> <tool_call>\n{json.dumps(call)}\n</tool_call>"
-
-
-class ScriptedEngine(FocusEngine):
-    """Replies given as text are teacher-forced through the real model; None means decode greedily."""
-
-    def __init__(self, backend, replies, **kw):
-        super().__init__(backend, **kw)
-        self.replies = list(replies)
-        self.last_logits = None
-
-    def respond(self, state, logits):
-        reply = self.replies.pop(0)
-        if reply is None:
-            return super().respond(state, logits)
-        tokens = self.layout.encode(reply) + [self.layout.special.im_end]
-        self.last_logits = teacher_force(state.session, state.cursor, tokens)
-        return tokens
+from conftest import QUESTION, ScriptedEngine, photo_like, zoom_reply  # noqa: E402
 
 
 @pytest.fixture(scope="module")

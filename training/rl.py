@@ -157,7 +157,7 @@ def grpo_step(model, optimizer, engine: SamplingEngine, questions, cfg: GRPOConf
                 loss = loss + cfg.beta * (torch.exp(ref - logp) - (ref - logp) - 1).sum()
             loss = loss / max(1, total_tokens)
             loss.backward()
-            loss_value += float(loss)
+            loss_value += float(loss.detach())
     optimizer.step()
     model.eval()
     flat = [r for _, rewards, _ in groups for r in rewards]

@@ -165,7 +165,6 @@ def sft_config(out_dir, preset, **overrides):
         seed=preset.seed,
         data_seed=preset.seed,
         bf16=preset.bf16,
-        gradient_checkpointing=preset.gradient_checkpointing,
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
         remove_unused_columns=False,
@@ -177,6 +176,8 @@ def sft_config(out_dir, preset, **overrides):
         disable_tqdm=False,
         deepspeed=preset.deepspeed if torch.cuda.is_available() else None,
     )
+    if preset.gradient_checkpointing:  # (the flag is deprecated in transformers 5 but still the switch)
+        kwargs["gradient_checkpointing"] = True
     kwargs.update(overrides)
     return SFTConfig(**kwargs)
 

@@ -103,8 +103,21 @@ def main(argv=None, extra_callbacks=()) -> int:
     if not read_cache(cache):
         build_cache(preset, cache, 0, preset.scenes, progress=not args.no_progress)
 
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(init, dtype=torch.float32)
+    load_kwargs = {"dtype": torch.bfloat16 if preset.bf16 else torch.float32}
+    if preset.quantization == "4bit":  # QLoRA (CUDA only): settings in training/configs/qlora_7b.json
+        if not torch.cuda.is_available():
+            raise RuntimeError("4-bit QLoRA presets need CUDA")
+        from transformers import BitsAndBytesConfig
+
+        bnb = json.loads(Path(__file__).with_name("configs").joinpath("qlora_7b.json").read_text())["bnb"]
+        bnb["bnb_4bit_compute_dtype"] = getattr(torch, bnb["bnb_4bit_compute_dtype"])
+        load_kwargs["quantization_config"] = BitsAndBytesConfig(**bnb)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(init, **load_kwargs)
     if preset.lora:
+        if preset.quantization:
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=preset.gradient_checkpointing)
         model = apply_lora(model, preset.lora_r, preset.lora_alpha, preset.lora_targets)
     tokenizer = AutoTokenizer.from_pretrained(init)
     layout = TokenLayout(Tokenizer.from_file(str(init / "tokenizer.json")))

@@ -126,12 +126,14 @@ class _Builder:
         self.views, self.images, self.turns, self.boxes = [self.view], [render_view(original, self.view)], [], []
 
     def zoom(self, think: str, targets, label: str | None) -> View:
+        W, H = self.original.size
+        targets = [[max(0.0, t[0]), max(0.0, t[1]), min(float(W), t[2]), min(float(H), t[3])] for t in targets]
         box = view_box(_union(targets), self.view, self.cfg.box_min_side)
         plan = plan_crop(box, self.view, self.original.size, self.cfg.options.crop_settings)
         region = plan.view.region
         for target in targets:  # the runtime's crop must hold every target; grow the box until it does
             grow = self.cfg.box_min_side
-            while not _contains(region, target):
+            while not _contains(region, target) and grow < 4 * max(self.view.size):
                 grow *= 1.5
                 box = view_box(_union(targets), self.view, grow)
                 region = plan_crop(box, self.view, self.original.size, self.cfg.options.crop_settings).view.region

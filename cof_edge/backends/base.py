@@ -24,6 +24,7 @@ class Session(Protocol):
 class Backend(Protocol):
     name: str
     tokenizer: Any  # tokenizers.Tokenizer
+    cache_id: str   # identifies the vision weights, for crop-cache keys
 
     def encode_view(self, source: SourceImage, view: View) -> Any:
         """Vision embeddings [tokens, hidden] of `view.region` of the source image, shown at `view.size`."""

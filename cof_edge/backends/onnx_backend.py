@@ -15,7 +15,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from .. import vision_host
-from ..bundle import Bundle, load_bundle
+from ..bundle import BundleError, load_bundle
 from ..geometry import View
 from ..images import SourceImage
 from ..preprocess import preprocess
@@ -42,9 +42,15 @@ class OnnxBackend:
             for kind, entry in graphs.items()}
         self.tokenizer = Tokenizer.from_file(str(self.directory / "tokenizer.json"))
         self.vision_geometry = vision_host.VisionGeometry.from_dict(self.bundle.vision)
+        self.cache_id = f"onnx:{self.bundle.bundle_id}:{graphs['vision'].sha256[:16]}"
         self.image_token_id = self.bundle.special_tokens["image_pad"]
         decoder_inputs = {i.name: i for i in self.sessions["decoder"].get_inputs()}
         self.past_names = [name for name in decoder_inputs if name.startswith("past_")]
+        self.present_names = [o.name for o in self.sessions["decoder"].get_outputs() if o.name.startswith("present_")]
+        if [o.name for o in self.sessions["decoder"].get_outputs()][0] != "logits" or \
+                [n.replace("past_", "present_") for n in self.past_names] != self.present_names:
+            raise BundleError(f"{graphs['decoder'].file}: outputs do not follow the decoder contract "
+                             f"(logits, then present_* in the order of the past_* inputs)")
         self.kv_dtype = np.float16 if decoder_inputs[self.past_names[0]].type == "tensor(float16)" else np.float32
         text = self.bundle.text
         self.kv_shape = (text["kv_heads"], text["head_dim"])
@@ -65,11 +71,21 @@ class OnnxBackend:
         return OnnxSession(self)
 
 
+def kv_device(providers: Sequence[str]) -> str:
+    """Where the KV cache lives between steps: on the GPU when a GPU provider runs the decoder."""
+    return "cuda" if providers and providers[0] in ("cuda", "tensorrt") else "cpu"
+
+
 class OnnxSession:
+    """One conversation. Present K/V come back as ORT values bound as the next step's past, never copied to host
+    (on CUDA they stay on the device); only the last-token logits are fetched."""
+
     def __init__(self, backend: OnnxBackend):
         self.backend = backend
+        self.device = kv_device(backend.providers)
         heads, head_dim = backend.kv_shape
-        self.past = {name: np.zeros((1, heads, 0, head_dim), backend.kv_dtype) for name in backend.past_names}
+        empty = np.zeros((1, heads, 0, head_dim), backend.kv_dtype)
+        self.past = {name: ort.OrtValue.ortvalue_from_numpy(empty, self.device) for name in backend.past_names}
         self.cached_tokens = 0
 
     def forward(self, token_ids: np.ndarray, positions: np.ndarray, image_embeds: Sequence[np.ndarray]) -> np.ndarray:
@@ -82,9 +98,17 @@ class OnnxSession:
                 raise ValueError(f"{len(image_rows)} image tokens but {len(vision)} image embeddings")
             embeds[0, image_rows] = vision
         total = self.cached_tokens + len(token_ids)
-        feeds = {"inputs_embeds": embeds, "attention_mask": np.ones((1, total), np.int64),
-                 "position_ids": np.ascontiguousarray(positions[:, None, :], dtype=np.int64), **self.past}
-        outputs = backend.sessions["decoder"].run(None, feeds)
+        binding = backend.sessions["decoder"].io_binding()
+        binding.bind_cpu_input("inputs_embeds", embeds)
+        binding.bind_cpu_input("attention_mask", np.ones((1, total), np.int64))
+        binding.bind_cpu_input("position_ids", np.ascontiguousarray(positions[:, None, :], dtype=np.int64))
+        for name, value in self.past.items():
+            binding.bind_ortvalue_input(name, value)
+        binding.bind_output("logits", "cpu")
+        for name in backend.present_names:
+            binding.bind_output(name, self.device)
+        backend.sessions["decoder"].run_with_iobinding(binding)
+        outputs = binding.get_outputs()
         self.past = dict(zip(backend.past_names, outputs[1:]))
         self.cached_tokens = total
-        return outputs[0][0].astype(np.float32, copy=False)
+        return outputs[0].numpy()[0].astype(np.float32, copy=False)

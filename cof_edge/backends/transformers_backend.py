@@ -40,6 +40,7 @@ class TransformersBackend:
             model_dir, dtype=getattr(torch, dtype)).to(self.device).eval()
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self.image_processor = _image_processor(model_dir)
+        self.cache_id = f"transformers:{model_dir.resolve()}:{dtype}"
 
     def pixel_inputs(self, image: Image.Image) -> tuple["torch.Tensor", "torch.Tensor"]:
         """pixel_values [patches, 1176] and image_grid_thw [1, 3], exactly as the HF processor makes them.

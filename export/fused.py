@@ -1,0 +1,330 @@
+"""Fused decoders for ONNX Runtime targets: onnxruntime-genai's model builder, conformed to our decoder contract.
+
+The standard-op decoder (`graphs.export_decoder`) stays, for TensorRT. Beside it, for `--target cpu`, this module
+builds the text decoder with onnxruntime-genai's model builder (GroupQueryAttention, MRotaryEmbedding,
+SkipSimplifiedLayerNormalization, MatMulNBits: com.microsoft ops) and rewrites its graph so that it honours
+exactly the contract of the standard decoder, so `cof_edge`'s ONNX Runtime backend runs it unchanged:
+
+- builder options: `exclude_embeds=true` (inputs_embeds in; the bundle's embed graph stays), `prune_lm_head=true`
+  (the vocabulary projection runs on the last position only: logits [B, 1, V]);
+- inputs renamed `past_key_values.{i}.key|value` → `past_key.{i}` / `past_value.{i}`, outputs `present.{i}.key|value`
+  → `present_key.{i}` / `present_value.{i}`, both reordered as ours (embeds, mask, positions, then key/value per
+  layer); a Gather of the last position makes the logits [B, V]; dims renamed batch / seq / past / total, head_dim made concrete.
+  KV stays float32 at fp32, int8 and int4 (the builder quantizes weights only).
+
+`add_fused_variants` (called by the pipeline after the standard variants' parity gate) builds one fused decoder per
+requested precision that the builder makes on CPU (fp32, int8, int4), measures decode ms/token against the plain
+decoder of the same precision in the same process, keeps it only when it is faster AND passes the same parity gate
+as the plain one (a fused variant that is slower or misses its gate is dropped and recorded, never fails the
+export; with `force` it is kept and marked, as the plain ones), records everything in `exporter["fused"]`, and, on `--target cpu` with no explicit default, makes
+`{default}-fused` the default variant when it was kept (same precision, faster, gated).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+log = logging.getLogger(__name__)
+
+FUSED_PRECISIONS = ("fp32", "int8", "int4")   # what the builder makes for the CPU execution provider
+SUFFIX = "-fused"
+ROUTE = "onnxruntime-genai model builder"
+BUILD_WORKERS = 2
+
+
+@dataclass(frozen=True)
+class DecodeTiming:
+    """Decode and prefill speed of one decoder graph, medians over repeats."""
+
+    decode_ms_per_token: float
+    prefill_ms: float
+    prefill_tokens: int
+    decode_tokens: int
+
+
+def genai_available() -> bool:
+    return importlib.util.find_spec("onnxruntime_genai") is not None
+
+
+def genai_version() -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version("onnxruntime-genai")
+    except Exception:  # noqa: BLE001 - not installed
+        return None
+
+
+def build_raw(model_dir: Path, out_dir: Path, precision: str, block_size: int = 32,
+              accuracy_level: int | None = 4, cache_dir: Path | None = None) -> Path:
+    """Runs the genai model builder (in a subprocess: it imports its own torch/transformers state); returns model.onnx."""
+    if precision not in FUSED_PRECISIONS:
+        raise ValueError(f"the builder makes fused CPU decoders in {FUSED_PRECISIONS}, not {precision!r}")
+    if not genai_available():
+        raise RuntimeError("onnxruntime-genai is not installed: pip install 'cof-edge[fused]'")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cache_dir = cache_dir or out_dir / "cache"
+    extra = ["exclude_embeds=true", "prune_lm_head=true"]
+    if precision != "fp32":
+        extra += [f"block_size={block_size}", "is_symmetric=true"]
+        if accuracy_level is not None:
+            extra.append(f"accuracy_level={accuracy_level}")
+    command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-m", str(model_dir), "-o", str(out_dir),
+               "-p", precision, "-e", "cpu", "-c", str(cache_dir), "--extra_options", *extra]
+    env = {**os.environ, "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    model = out_dir / "model.onnx"
+    if done.returncode or not model.is_file():
+        tail = (done.stdout + done.stderr)[-3000:]
+        raise RuntimeError(f"onnxruntime-genai's builder failed for {precision} (exit {done.returncode}):\n{tail}")
+    return model
+
+
+def conform(raw: Path, out: Path, layers: int, head_dim: int) -> None:
+    """Rewrites the builder's decoder graph to our decoder contract (module docstring) and saves it at `out`."""
+    model = onnx.load(str(raw))
+    graph = model.graph
+    renames = {}
+    for layer in range(layers):
+        for kind in ("key", "value"):
+            renames[f"past_key_values.{layer}.{kind}"] = f"past_{kind}.{layer}"
+            renames[f"present.{layer}.{kind}"] = f"present_{kind}.{layer}"
+    expected_in = {"inputs_embeds", "attention_mask", "position_ids", *(n for n in renames if n.startswith("past"))}
+    expected_out = {"logits", *(n for n in renames if n.startswith("present"))}
+    found_in, found_out = {v.name for v in graph.input}, {v.name for v in graph.output}
+    if found_in != expected_in or found_out != expected_out:
+        raise ValueError(f"unexpected builder graph signature: inputs {sorted(found_in)}, outputs {sorted(found_out)}")
+
+    # Logits: the last position of the builder's [B, 1, V] (prune_lm_head; [B, S, V] without it) → our [B, V].
+    renames["logits"] = "logits_last_position"
+    _rename_everywhere(graph, renames)
+    graph.initializer.append(helper.make_tensor("logits_last_index", TensorProto.INT64, [], [-1]))
+    graph.node.append(helper.make_node("Gather", ["logits_last_position", "logits_last_index"], ["logits"],
+                                       name="/cof/logits_last_token", axis=1))
+    three_d = next(v for v in graph.output if v.name == "logits_last_position")
+    vocab = three_d.type.tensor_type.shape.dim[-1].dim_value
+    logits = helper.make_tensor_value_info("logits", three_d.type.tensor_type.elem_type, ["batch", vocab])
+
+    inputs = {v.name: v for v in graph.input}
+    outputs = {v.name: v for v in graph.output}
+    outputs["logits"] = logits
+    kv_in = [f"past_{kind}.{layer}" for layer in range(layers) for kind in ("key", "value")]
+    kv_out = [f"present_{kind}.{layer}" for layer in range(layers) for kind in ("key", "value")]
+    ordered_in = [inputs[n] for n in ("inputs_embeds", "attention_mask", "position_ids", *kv_in)]
+    ordered_out = [outputs[n] for n in ("logits", *kv_out)]
+    del graph.input[:]
+    graph.input.extend(ordered_in)
+    del graph.output[:]
+    graph.output.extend(ordered_out)
+    dims = {"batch_size": "batch", "sequence_length": "seq", "past_sequence_length": "past",
+            "total_sequence_length": "total"}
+    for value in list(graph.input) + list(graph.output):
+        shape = value.type.tensor_type.shape.dim
+        for axis, dim in enumerate(shape):
+            if dim.dim_param in dims:
+                dim.dim_param = dims[dim.dim_param]
+            elif dim.dim_param == "kv_cache_dim" or (value.name.startswith(("past_", "present_")) and axis == 3):
+                dim.Clear()
+                dim.dim_value = head_dim
+    for value in graph.input:
+        if value.name.startswith("past_") and value.type.tensor_type.elem_type != TensorProto.FLOAT:
+            raise ValueError(f"{value.name} is not float32: the CPU runtime keeps a float32 KV cache")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in (out, out.with_name(out.name + ".data")):
+        stale.unlink(missing_ok=True)
+    onnx.save(model, str(out), save_as_external_data=True, all_tensors_to_one_file=True,
+              location=out.name + ".data", size_threshold=1024)
+
+
+def _rename_everywhere(graph: onnx.GraphProto, renames: dict[str, str]) -> None:
+    for value in list(graph.input) + list(graph.output) + list(graph.value_info):
+        if value.name in renames:
+            value.name = renames[value.name]
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in renames:
+                node.input[i] = renames[name]
+        for i, name in enumerate(node.output):
+            if name in renames:
+                node.output[i] = renames[name]
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                _rename_everywhere(attribute.g, renames)
+
+
+def build_fused_decoder(model_dir: Path, out: Path, precision: str, layers: int, head_dim: int,
+                        block_size: int = 32, accuracy_level: int | None = 4) -> float:
+    """Builds and conforms one fused decoder at `out`; returns the seconds it took."""
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="cof-fused-", dir=out.parent) as work:
+        raw = build_raw(Path(model_dir), Path(work) / precision, precision, block_size, accuracy_level)
+        conform(raw, out, layers, head_dim)
+    return time.perf_counter() - started
+
+
+# ---- timing ---------------------------------------------------------------------------------------------------
+
+def session(path: Path, threads: int | None = None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def time_decoder(sess, hidden: int, prefill_tokens: int = 64, decode_tokens: int = 16, repeats: int = 3,
+                 seed: int = 0) -> DecodeTiming:
+    """Prefill `prefill_tokens` random embeddings, then decode `decode_tokens` one at a time feeding the KV back.
+
+    One warm-up pass, then `repeats` timed passes; medians. Works for any graph with our decoder contract.
+    """
+    rng = np.random.default_rng(seed)
+    names = [i.name for i in sess.get_inputs()]
+    past_names = [n for n in names if n.startswith("past_")]
+    shape = sess.get_inputs()[names.index(past_names[0])].shape
+    heads, head_dim = shape[1], shape[3]
+    prompt = rng.standard_normal((1, prefill_tokens, hidden), dtype=np.float32)
+    steps = rng.standard_normal((decode_tokens, 1, 1, hidden), dtype=np.float32)
+
+    def one_pass():
+        past = {n: np.zeros((1, heads, 0, head_dim), np.float32) for n in past_names}
+        positions = np.arange(prefill_tokens, dtype=np.int64)
+        started = time.perf_counter()
+        out = sess.run(None, {"inputs_embeds": prompt, "attention_mask": np.ones((1, prefill_tokens), np.int64),
+                              "position_ids": np.broadcast_to(positions, (3, 1, prefill_tokens)).copy(), **past})
+        prefill = time.perf_counter() - started
+        past = dict(zip(past_names, out[1:]))
+        started = time.perf_counter()
+        for step in range(decode_tokens):
+            total = prefill_tokens + step + 1
+            out = sess.run(None, {"inputs_embeds": steps[step], "attention_mask": np.ones((1, total), np.int64),
+                                  "position_ids": np.full((3, 1, 1), total - 1, np.int64), **past})
+            past = dict(zip(past_names, out[1:]))
+        return prefill, (time.perf_counter() - started) / decode_tokens
+
+    one_pass()
+    runs = [one_pass() for _ in range(repeats)]
+    return DecodeTiming(decode_ms_per_token=float(np.median([r[1] for r in runs]) * 1e3),
+                        prefill_ms=float(np.median([r[0] for r in runs]) * 1e3),
+                        prefill_tokens=prefill_tokens, decode_tokens=decode_tokens)
+
+
+def compare_speed(plain: Path, fused: Path, hidden: int, rounds: int = 3, **timing) -> tuple[DecodeTiming, DecodeTiming]:
+    """Both graphs timed in alternation (so a noisy neighbour hits both alike); the round with each's median."""
+    sessions = (session(plain), session(fused))
+    results = ([], [])
+    for _ in range(rounds):
+        for which in (0, 1):
+            results[which].append(time_decoder(sessions[which], hidden, **timing))
+    pick = lambda rs: sorted(rs, key=lambda r: r.decode_ms_per_token)[len(rs) // 2]  # noqa: E731
+    return pick(results[0]), pick(results[1])
+
+
+# ---- the pipeline step ----------------------------------------------------------------------------------------
+
+def add_fused_variants(model_dir: Path, staging: Path, bundle, reference, config,
+                       say=lambda stage: None) -> dict[str, list[str]]:
+    """Adds the kept `{precision}-fused` variants to `bundle` (files in `staging`, manifest rewritten).
+
+    Called by the pipeline after the standard variants' parity gate, for `config.target == "cpu"`; the record goes
+    to `bundle.exporter["fused"]`. Returns {variant: parity failures} of the fused variants kept only because
+    `config.force` (without force, a fused variant that misses its gate is dropped, not an export failure).
+    """
+    from cof_edge.backends.onnx_backend import OnnxBackend
+    from cof_edge.bundle import MANIFEST
+
+    from . import parity
+    from .pipeline import _entry, _gate_precision
+
+    record = {"route": ROUTE, "onnxruntime_genai": genai_version(), "variants": {}}
+    missed: dict[str, list[str]] = {}
+    bundle.exporter["fused"] = record
+    if not genai_available():
+        record["skipped"] = "onnxruntime-genai is not installed (pip install 'cof-edge[fused]')"
+        log.warning("fused decoders skipped: %s", record["skipped"])
+        return {}
+    text = bundle.text
+    precisions = [p for p in config.precisions if p in FUSED_PRECISIONS]
+    say(f"fused decoders {', '.join(precisions)}")
+
+    def build(precision):  # builder subprocesses: two at a time (mostly single-threaded Python work)
+        return build_fused_decoder(model_dir, staging / f"decoder.{precision}{SUFFIX}.onnx", precision,
+                                   text["layers"], text["head_dim"], config.quant.int4_block_size,
+                                   config.quant.int4_accuracy_level)
+
+    with ThreadPoolExecutor(max_workers=BUILD_WORKERS) as pool:
+        builds = {p: pool.submit(build, p) for p in precisions}
+        for future in builds.values():
+            future.exception()
+    for precision in precisions:
+        variant, graph_id = f"{precision}{SUFFIX}", f"decoder.{precision}{SUFFIX}"
+        file = f"{graph_id}.onnx"
+        entry_record = record["variants"][variant] = {"kept": False}
+        try:
+            entry_record["build_seconds"] = round(builds[precision].result(), 2)
+        except Exception as exc:  # noqa: BLE001 - an optional speed-up: record why, keep the export going
+            entry_record["reason"] = f"build failed: {exc}"[:2000]
+            log.warning("fused %s decoder not built: %s", precision, exc)
+            _remove_graph_files(staging, file)
+            continue
+        say(f"time fused decoder {precision}")
+        plain_graph = bundle.graphs[bundle.variants[precision]["decoder"]]
+        plain, fused = compare_speed(staging / plain_graph.file, staging / file, text["hidden"])
+        entry_record.update(decode_ms_per_token=round(fused.decode_ms_per_token, 4),
+                            plain_decode_ms_per_token=round(plain.decode_ms_per_token, 4),
+                            prefill_ms=round(fused.prefill_ms, 3), plain_prefill_ms=round(plain.prefill_ms, 3),
+                            decode_speedup=round(plain.decode_ms_per_token / fused.decode_ms_per_token, 3),
+                            timing={"prefill_tokens": fused.prefill_tokens, "decode_tokens": fused.decode_tokens})
+        if fused.decode_ms_per_token >= plain.decode_ms_per_token:
+            entry_record["reason"] = "not faster than the plain decoder of the same precision"
+            _remove_graph_files(staging, file)
+            continue
+        bundle.graphs[graph_id] = _entry(staging, file, "decoder", precision)
+        bundle.variants[variant] = {**bundle.variants[precision], "decoder": graph_id}
+        (staging / MANIFEST).write_text(bundle.to_json())
+        say(f"parity {variant}")
+        measured = parity.compare(reference, OnnxBackend(staging, variant=variant), steps=config.parity_steps)
+        gate = _gate_precision(bundle, variant)
+        measured.update(gate=gate, thresholds=parity.thresholds_record(gate),
+                        failures=parity.failures(measured, gate))
+        if measured["failures"] and not config.force:
+            entry_record["reason"] = f"parity gate: {measured['failures']}"
+            del bundle.graphs[graph_id], bundle.variants[variant]
+            _remove_graph_files(staging, file)
+            continue
+        bundle.parity[variant] = measured
+        entry_record["kept"] = True
+        if measured["failures"]:
+            entry_record["forced"] = True
+            missed[variant] = measured["failures"]
+    if config.default_variant is None and config.target == "cpu":
+        preferred = f"{bundle.default_variant}{SUFFIX}"
+        if preferred in bundle.variants and preferred not in missed:
+            bundle.default_variant = preferred
+            record["default"] = (f"{preferred}: the cpu target's default precision, fused, measured faster than "
+                                 f"the plain graph and passing the same parity gate")
+    bundle.check()
+    (staging / MANIFEST).write_text(bundle.to_json())
+    return missed
+
+
+def _remove_graph_files(root: Path, file: str) -> None:
+    for path in (root / file, root / f"{file}.data"):
+        path.unlink(missing_ok=True)
+    shutil.rmtree(root / f"{file}.work", ignore_errors=True)

@@ -1,0 +1,132 @@
+"""SFT: one step changes the weights, positions equal the runtime's and HF's, a killed run resumes exactly."""
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("trl")
+
+from tokenizers import Tokenizer
+
+from cof_edge.protocol import TokenLayout
+from cof_training.cache import build_cache, read_cache
+from cof_training.presets import get_preset
+from cof_training.sft import encode_example, image_processor_for, make_trainer, records_dataset, sft_config
+from cof_training.tiny import build_tiny_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sft")
+    preset = get_preset("smoke")
+    model_dir = build_tiny_model(root / "model", tokenizer="small", spec=preset.spec, seed=0)
+    build_cache(preset, root / "cache", 0, 1, progress=False)
+    return preset, model_dir, root / "cache"
+
+
+def _parts(model_dir):
+    from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir)
+    layout = TokenLayout(Tokenizer.from_file(str(model_dir / "tokenizer.json")))
+    return model, AutoTokenizer.from_pretrained(model_dir), layout, image_processor_for(model_dir)
+
+
+def test_one_sft_step_changes_the_weights(smoke, tmp_path):
+    preset, model_dir, cache = smoke
+    model, tok, layout, improc = _parts(model_dir)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    args = sft_config(tmp_path / "out", preset, max_steps=1, save_steps=1000, disable_tqdm=True)
+    trainer = make_trainer(model, tok, records_dataset(read_cache(cache)), args, layout, improc)
+    trainer.train()
+    after = trainer.model.state_dict()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert any("visual" in k for k in changed) and any("language_model" in k or "layers" in k for k in changed)
+    assert trainer.state.global_step == 1
+
+
+def test_labels_cover_only_assistant_turns_and_positions_match_hf(smoke):
+    preset, model_dir, cache = smoke
+    model, _, layout, improc = _parts(model_dir)
+    traj = next(c for c in read_cache(cache) if len(c.record["turns"]) == 2).load()
+    ex = encode_example(layout, improc, traj)
+    ids, labels = ex["input_ids"], ex["labels"]
+    im_end = layout.special.im_end
+    assert (labels[labels != -100] == ids[labels != -100]).all()
+    assert int((labels == im_end).sum()) == len(traj.turns)          # each turn's <|im_end|> is learned
+    assert int((labels == layout.special.image_pad).sum()) == 0
+    # transformers builds the same 3-D positions from mm_token_type_ids (and 1-D ones without them)
+    mm = (ids == model.config.image_token_id).int()[None]
+    hf_pos, _ = model.model.get_rope_index(ids[None], mm_token_type_ids=mm, image_grid_thw=ex["image_grid_thw"],
+                                           attention_mask=torch.ones_like(ids)[None])
+    assert torch.equal(hf_pos[:, 0], ex["position_ids"])
+    with torch.no_grad():
+        ours = model(input_ids=ids[None], position_ids=ex["position_ids"][:, None], pixel_values=ex["pixel_values"],
+                     image_grid_thw=ex["image_grid_thw"]).logits
+        theirs = model(input_ids=ids[None], mm_token_type_ids=mm, pixel_values=ex["pixel_values"],
+                       image_grid_thw=ex["image_grid_thw"]).logits
+        text_only = model(input_ids=ids[None], pixel_values=ex["pixel_values"],
+                          image_grid_thw=ex["image_grid_thw"]).logits
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    assert not torch.allclose(ours, text_only, atol=1e-3)   # the silent fallback the collator avoids
+
+
+def _complete(ckpt: Path) -> bool:
+    return (ckpt / "trainer_state.json").is_file() and (ckpt / "optimizer.pt").is_file()
+
+
+def test_killed_run_resumes_step_and_optimizer(tmp_path):
+    from transformers import TrainerCallback
+
+    from cof_training.train_default import main
+
+    work, out = tmp_path / "work", tmp_path / "out"
+    cmd = [sys.executable, "-m", "cof_training.train_default", "--preset", "smoke", "--out", str(out),
+           "--work-dir", str(work), "--max-steps", "400", "--save-steps", "2", "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not _complete(work / "checkpoints" / "checkpoint-2"):
+            time.sleep(0.2)
+        time.sleep(0.3)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode != 0, "the run should have been killed mid-way"
+    ckpts = sorted((p for p in (work / "checkpoints").glob("checkpoint-*")), key=lambda p: int(p.name.split("-")[1]))
+    for p in ckpts:
+        if not _complete(p):
+            shutil.rmtree(p)        # a checkpoint cut mid-write
+    latest = max((p for p in ckpts if p.exists()), key=lambda p: int(p.name.split("-")[1]))
+    step = int(latest.name.split("-")[1])
+    assert step >= 2 and (out / "RECIPE.json").is_file()   # a usable model was exported at the first save
+    saved = torch.load(latest / "optimizer.pt", weights_only=False)
+
+    seen = {}
+
+    class Probe(TrainerCallback):
+        def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+            if not seen:
+                seen["step"] = state.global_step
+                seen["optim"] = {k: {n: v.clone() if torch.is_tensor(v) else v for n, v in s.items()}
+                                 for k, s in optimizer.state_dict()["state"].items()}
+
+    main(["--preset", "smoke", "--out", str(out), "--work-dir", str(work), "--resume", "--max-steps", str(step + 1),
+          "--save-steps", "2", "--no-progress"], extra_callbacks=[Probe()])
+    assert seen["step"] == step
+    assert seen["optim"].keys() == saved["state"].keys() and saved["state"]
+    for k, s in saved["state"].items():
+        for name, value in s.items():
+            assert torch.equal(torch.as_tensor(seen["optim"][k][name]), torch.as_tensor(value)), (k, name)
+    import json
+
+    assert json.loads((out / "RECIPE.json").read_text())["steps"] == step + 1
