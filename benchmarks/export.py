@@ -43,7 +43,7 @@ def model_spec(quick: bool):
                                  mrope_section=(8, 12, 12), vision_hidden=64, vision_depth=4, vision_heads=2,
                                  vision_intermediate=128)
     return "qwen", TinySpec(text_hidden=1024, text_layers=12, text_heads=16, text_kv_heads=4, text_intermediate=2816,
-                            mrope_section=(16, 24, 24), vision_hidden=256, vision_depth=4, vision_heads=4,
+                            mrope_section=(8, 12, 12), vision_hidden=256, vision_depth=4, vision_heads=4,
                             vision_intermediate=512, tie_word_embeddings=True)
 
 

@@ -9,14 +9,19 @@ from pathlib import Path
 
 from .options import AskOptions
 
+DEFAULT_BUNDLE = Path(__file__).parent / "default_bundle"
 OPTION_FLAGS = ("max_zooms", "max_new_tokens", "global_max_pixels", "global_min_pixels", "crop_max_pixels",
                 "crop_min_pixels", "min_crop_side")
 
 
 def _add_model_flags(parser: argparse.ArgumentParser, model_required: bool) -> None:
-    parser.add_argument("--model", type=Path, required=model_required,
-                        help="local Hugging Face Qwen2.5-VL checkpoint directory (e.g. CoF-7B or a tiny test model)")
-    parser.add_argument("--backend", default="transformers", choices=["transformers"], help="model backend")
+    source = parser.add_mutually_exclusive_group(required=model_required)
+    source.add_argument("--bundle", type=Path, help="cof-edge bundle directory (ONNX Runtime; made by cof-export)")
+    source.add_argument("--model", type=Path,
+                        help="Hugging Face Qwen2.5-VL checkpoint directory, run with transformers (needs torch)")
+    parser.add_argument("--providers", default="cpu",
+                        help="ONNX Runtime providers in order of preference, e.g. tensorrt,cuda,cpu (default cpu)")
+    parser.add_argument("--variant", default=None, help="bundle variant, e.g. int8 or fp32 (default: the bundle's)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for the backend")
     defaults = AskOptions()
     for name in OPTION_FLAGS:
@@ -73,7 +78,10 @@ def main(argv: list[str] | None = None) -> int:
 def _engine(args):
     from .engine import FocusEngine
 
-    return FocusEngine.from_pretrained(args.model, backend=args.backend, threads=args.threads)
+    if args.bundle is not None:
+        providers = tuple(p.strip() for p in args.providers.split(",") if p.strip())
+        return FocusEngine.load(args.bundle, providers=providers, threads=args.threads, variant=args.variant)
+    return FocusEngine.from_pretrained(args.model, threads=args.threads)
 
 
 def _overrides(args) -> dict:
@@ -108,10 +116,11 @@ def _print_step(step) -> None:
 
 
 def _demo(args) -> int:
-    if args.model is None:
-        raise FileNotFoundError(
-            "no trained default model ships with cof-edge yet: pass --model DIR (a Qwen2.5-VL checkpoint), or build "
-            "a tiny random one with `python -m cof_training.tiny --out DIR` (scripts/demo.sh does this for you)")
+    if args.model is None and args.bundle is None:
+        args.bundle = DEFAULT_BUNDLE
+        if not (DEFAULT_BUNDLE / "cof.json").is_file():
+            raise FileNotFoundError(f"the default bundle is missing from this install ({DEFAULT_BUNDLE}): reinstall "
+                                    f"cof-edge, or pass --bundle DIR / --model DIR")
     if (args.image is None) != (args.question is None):
         raise ValueError("--image and --question go together")
     if args.trace is None:
@@ -122,9 +131,17 @@ def _demo(args) -> int:
 
     sample = render_sample(seed=args.seed, index=0)
     print(f"scene: generated {sample.image.width}x{sample.image.height} visual-search image (seed {args.seed})")
-    if (args.model / "tiny_spec.json").is_file():
+    if _random_weights(args):
         print("note: this is a tiny RANDOM model (no trained default model ships yet): its chain and answer are noise")
     return _ask(args, sample.image, sample.question, expected=f"{sample.label} ({sample.answer_text})")
+
+
+def _random_weights(args) -> bool:
+    if args.bundle is not None:
+        from .bundle import load_bundle
+
+        return bool(load_bundle(args.bundle).exporter.get("random_weights"))
+    return (args.model / "tiny_spec.json").is_file()
 
 
 if __name__ == "__main__":

@@ -327,4 +327,3 @@ def add_fused_variants(model_dir: Path, staging: Path, bundle, reference, config
 def _remove_graph_files(root: Path, file: str) -> None:
     for path in (root / file, root / f"{file}.data"):
         path.unlink(missing_ok=True)
-    shutil.rmtree(root / f"{file}.work", ignore_errors=True)

@@ -109,6 +109,7 @@ def export_bundle(model_dir: str | Path, out_dir: str | Path, config: ExportConf
                                                    vars(TextGeometry.from_model(model)).copy()),
                         exporter={"torch": torch.__version__, "onnx": onnx.__version__, "opset": 20,
                                   "target": config.target, "vision_precision": config.vision_precision,
+                                  "random_weights": (model_dir / "tiny_spec.json").is_file(),
                                   "quant": vars(config.quant)})
         bundle.check()
         (staging / MANIFEST).write_text(bundle.to_json())

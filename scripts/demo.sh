@@ -1,11 +1,7 @@
 #!/usr/bin/env bash
-# Sets up ./.venv and runs `cof-edge demo` on a generated 4K scene; extra arguments go to the demo.
-# No trained default model ships yet, so this builds a tiny random Qwen2.5-VL once (and says so when it runs).
+# Sets up ./.venv with the lean runtime (numpy, pillow, tokenizers, onnxruntime; no torch) and runs `cof-edge demo`
+# on a generated 4K scene with the bundle that ships inside the package. Extra arguments go to the demo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup_env.sh dev
-model=.cache/tiny-random
-if [ ! -f "$model/config.json" ]; then
-    .venv/bin/python -m cof_training.tiny --out "$model" --tokenizer small
-fi
-exec .venv/bin/cof-edge demo --model "$model" "$@"
+bash scripts/setup_env.sh lean
+exec .venv/bin/cof-edge demo "$@"

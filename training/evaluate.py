@@ -59,7 +59,8 @@ def load_budgets(model_dir: Path) -> dict:
 
 
 def evaluate(model_dir, methods, n: int, seed: int = 777, resolutions=RESOLUTIONS, max_zooms: int = 2,
-             max_new_tokens: int = 96, threads: int = 1, log=print) -> dict:
+             max_new_tokens: int = 96, threads: int = 1, log=print, checkpoint=None) -> dict:
+    """`checkpoint(partial_result)` is called every 5 questions (the run can be cut and still report)."""
     model_dir = Path(model_dir)
     budgets = load_budgets(model_dir)
     engines = {}
@@ -83,9 +84,12 @@ def evaluate(model_dir, methods, n: int, seed: int = 777, resolutions=RESOLUTION
                 cat = s["by_category"].setdefault(sample.category, [0, 0])
                 cat[0] += ok
                 cat[1] += 1
-        if log and (i + 1) % 5 == 0:
+        if (i + 1) % 5 == 0:
             accs = {m: [round(100 * stats[m][r]["correct"] / stats[m][r]["n"]) for r in resolutions] for m in methods}
-            log(f"[{i + 1}/{n}] {time.time() - t0:.0f}s {accs}")
+            if log:
+                log(f"[{i + 1}/{n}] {time.time() - t0:.0f}s {accs}")
+            if checkpoint:
+                checkpoint(summarize(stats, methods, resolutions, i + 1, seed, model_dir, budgets))
     return summarize(stats, methods, resolutions, n, seed, model_dir, budgets)
 
 
@@ -148,14 +152,23 @@ def main(argv=None) -> int:
     p.add_argument("--resolutions", type=int, nargs="+", default=list(RESOLUTIONS))
     p.add_argument("--max-zooms", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--plot-only", type=Path, default=None, help="re-plot an existing result file")
     p.add_argument("--merge", nargs="+", type=Path, default=None, help="merge partial result files instead")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/accuracy.json"))
     args = p.parse_args(argv)
+    if args.plot_only:
+        plot(json.loads(args.plot_only.read_text()), args.plot_only.with_suffix(".png"))
+        return 0
     if args.merge:
         result = merge(args.merge)
     else:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+
+        def checkpoint(partial):
+            args.out.write_text(json.dumps(partial, indent=2) + "\n", encoding="utf-8")
+
         result = evaluate(args.model, args.methods, args.n, args.seed, tuple(args.resolutions), args.max_zooms,
-                          threads=args.threads)
+                          threads=args.threads, checkpoint=checkpoint)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     plot(result, args.out.with_suffix(".png"))

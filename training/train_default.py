@@ -65,11 +65,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-budget-min", type=float, default=None,
                    help="cosine LR over this much wall-clock time (resumes included), then stop and export")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--background", action="store_true", help="detach: run in a new session, log to WORK_DIR/train.log")
     return p
+
+
+def _detach(args, argv) -> int:
+    import subprocess
+
+    work = args.work_dir or Path("training/runs") / args.preset
+    work.mkdir(parents=True, exist_ok=True)
+    rest = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--background"]
+    with open(work / "train.log", "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "cof_training.train_default", *rest], stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    (work / "pid").write_text(str(proc.pid))
+    print(f"training in the background: pid {proc.pid}, log {work / 'train.log'}")
+    return 0
 
 
 def main(argv=None, extra_callbacks=()) -> int:
     args = build_parser().parse_args(argv)
+    if args.background:
+        return _detach(args, argv)
     import torch
 
     from cof_edge.protocol import TokenLayout
