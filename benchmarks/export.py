@@ -7,7 +7,8 @@ One run: build the random checkpoint (`cof_training.tiny`, the real Qwen tokeniz
 weights miss a parity threshold; the parity record is reported), then for PyTorch (transformers, the same model,
 text decoder + last-token lm_head, a KV cache) and for every variant's decoder graph in ONNX Runtime (CPU), the same
 protocol: prefill `--prefill` random embeddings with 3-D M-RoPE positions, then decode `--decode` tokens one at a
-time feeding the KV cache back; one warm-up pass, `--repeats` timed passes, medians. Reported: export seconds,
+time feeding the KV cache back; one warm-up pass each, then `--repeats` rounds of one pass per backend in turn
+(round-robin, so that a noisy neighbour on the same cores hits all alike), medians. Reported: export seconds,
 MB per variant (its embed + vision + decoder graphs), prefill ms, decode ms/token, and speed-ups vs PyTorch.
 
 Full: text hidden 1024, 12 layers, 16 heads (head_dim 64), 4 KV heads, MLP 2816, tied embeddings (Qwen2.5-VL-3B
@@ -47,8 +48,9 @@ def model_spec(quick: bool):
                             vision_intermediate=512, tie_word_embeddings=True)
 
 
-def time_torch(model, prefill_tokens: int, decode_tokens: int, repeats: int, seed: int = 0) -> dict:
-    """The same protocol as `cof_export.fused.time_decoder`, on the transformers model (the export's wrapper)."""
+def torch_pass(model, prefill_tokens: int, decode_tokens: int, seed: int = 0):
+    """One pass of the protocol of `cof_export.fused.time_decoder` on the transformers model (the export's wrapper:
+    text decoder + last-token lm_head, KV cache in and out); returns (prefill s, decode s/token)."""
     import torch
 
     from cof_export.graphs import DecoderWrapper, TextGeometry
@@ -75,10 +77,34 @@ def time_torch(model, prefill_tokens: int, decode_tokens: int, repeats: int, see
                 past = out[1:]
         return prefill, (time.perf_counter() - started) / decode_tokens
 
-    one_pass()
-    runs = [one_pass() for _ in range(repeats)]
-    return {"prefill_ms": statistics.median(r[0] for r in runs) * 1e3,
-            "decode_ms": statistics.median(r[1] for r in runs) * 1e3}
+    return one_pass
+
+
+def ort_pass(path: Path, hidden: int, prefill_tokens: int, decode_tokens: int, threads: int | None):
+    from cof_export import fused
+
+    sess = fused.session(path, threads=threads)
+
+    def one_pass():
+        t = fused.time_decoder(sess, hidden, prefill_tokens, decode_tokens, repeats=1, warmup=False)
+        return t.prefill_ms / 1e3, t.decode_ms_per_token / 1e3
+
+    return one_pass
+
+
+def time_round_robin(passes: dict, repeats: int) -> dict:
+    """One warm-up pass each, then `repeats` rounds of one pass per backend in turn (a noisy neighbour, e.g. a
+    training run on the same cores, hits every backend alike); medians."""
+    runs = {name: [] for name in passes}
+    for name, one_pass in passes.items():
+        say(f"warm-up {name}")
+        one_pass()
+    for round_ in range(repeats):
+        for name, one_pass in passes.items():
+            say(f"round {round_ + 1}/{repeats}: {name}")
+            runs[name].append(one_pass())
+    return {name: {"prefill_ms": statistics.median(r[0] for r in rs) * 1e3,
+                   "decode_ms": statistics.median(r[1] for r in rs) * 1e3} for name, rs in runs.items()}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -88,6 +114,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--decode", type=int, default=None, help="decoded tokens per pass (default 32; quick 16)")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes after one warm-up (median)")
     parser.add_argument("--parity-steps", type=int, default=None, help="export parity steps (default 8; quick 2)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="intra-op threads for both PyTorch and ONNX Runtime (default: each library's own; on "
+                             "cores shared with another job, 1 avoids PyTorch's OpenMP barrier stalls)")
     parser.add_argument("--out", type=Path, default=None, help="keep the checkpoint and bundle here")
     args = parser.parse_args(argv)
     prefill_tokens = args.prefill or (128 if args.quick else 512)
@@ -95,8 +124,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
     from cof_edge.bundle import load_bundle
-    from cof_export import fused
     from cof_export.pipeline import ExportConfig, export_bundle
     from cof_training.tiny import build_tiny_model
 
@@ -120,15 +151,14 @@ def main(argv: list[str] | None = None) -> dict:
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(model_dir)).eval()
         params = sum(p.numel() for p in model.parameters())
         hidden = bundle.text["hidden"]
-        say(f"timing PyTorch ({params / 1e6:.1f}M parameters, {torch.get_num_threads()} threads)")
-        timings = {"torch": time_torch(model, prefill_tokens, decode_tokens, args.repeats)}
-        del model
+        say(f"timing PyTorch and {len(bundle.variants)} variants ({params / 1e6:.1f}M parameters, "
+            f"{torch.get_num_threads()} torch threads)")
+        passes = {"torch": torch_pass(model, prefill_tokens, decode_tokens)}
         for variant in [v for v in VARIANTS if v in bundle.variants]:
-            say(f"timing {variant}")
-            sess = fused.session(root / "bundle" / bundle.variant(variant)["decoder"].file)
-            t = fused.time_decoder(sess, hidden, prefill_tokens, decode_tokens, args.repeats)
-            timings[variant] = {"prefill_ms": t.prefill_ms, "decode_ms": t.decode_ms_per_token}
-            del sess
+            passes[variant] = ort_pass(root / "bundle" / bundle.variant(variant)["decoder"].file, hidden,
+                                       prefill_tokens, decode_tokens, args.threads)
+        timings = time_round_robin(passes, args.repeats)
+        del passes, model
 
         def ratio(variant, key):
             return round(timings["torch"][key] / timings[variant][key], 3) if variant in timings else None
@@ -139,6 +169,7 @@ def main(argv: list[str] | None = None) -> dict:
             "params_m": round(params / 1e6, 1),
             "text": {k: bundle.text[k] for k in ("hidden", "layers", "heads", "kv_heads", "head_dim", "vocab_size")},
             "prefill_tokens": prefill_tokens, "decode_tokens": decode_tokens, "repeats": args.repeats,
+            "threads": args.threads or torch.get_num_threads(),
             "export_seconds": round(export_seconds, 1),
             "bundle_mb": {v: (round(sum(g.bytes for g in bundle.variant(v).values()) / 2**20, 1)
                               if v in bundle.variants else None) for v in VARIANTS},

@@ -9,15 +9,18 @@ exactly the contract of the standard decoder, so `cof_edge`'s ONNX Runtime backe
   (the vocabulary projection runs on the last position only: logits [B, 1, V]);
 - inputs renamed `past_key_values.{i}.key|value` → `past_key.{i}` / `past_value.{i}`, outputs `present.{i}.key|value`
   → `present_key.{i}` / `present_value.{i}`, both reordered as ours (embeds, mask, positions, then key/value per
-  layer); a Gather of the last position makes the logits [B, V]; dims renamed batch / seq / past / total, head_dim made concrete.
-  KV stays float32 at fp32, int8 and int4 (the builder quantizes weights only).
+  layer); a Gather of the last position makes the logits [B, V]; dims renamed batch / seq / past / total and
+  head_dim made concrete. KV stays float32 at fp32, int8 and int4 (the builder quantizes weights only).
+- One difference in meaning, not in signature: GroupQueryAttention reads the attention mask as sequence lengths
+  (sum of ones), so it supports all-ones and right-padded masks only, not left padding. The runtime feeds all-ones.
 
 `add_fused_variants` (called by the pipeline after the standard variants' parity gate) builds one fused decoder per
 requested precision that the builder makes on CPU (fp32, int8, int4), measures decode ms/token against the plain
 decoder of the same precision in the same process, keeps it only when it is faster AND passes the same parity gate
 as the plain one (a fused variant that is slower or misses its gate is dropped and recorded, never fails the
-export; with `force` it is kept and marked, as the plain ones), records everything in `exporter["fused"]`, and, on `--target cpu` with no explicit default, makes
-`{default}-fused` the default variant when it was kept (same precision, faster, gated).
+export; with `force` a gate miss is kept and marked, as for the plain ones), records everything in
+`exporter["fused"]`, and, on `--target cpu` with no explicit default, makes `{default}-fused` the default variant
+when it was kept and passed (same precision as the default, measured faster, gated).
 """
 
 from __future__ import annotations
@@ -188,10 +191,11 @@ def session(path: Path, threads: int | None = None):
 
 
 def time_decoder(sess, hidden: int, prefill_tokens: int = 64, decode_tokens: int = 16, repeats: int = 3,
-                 seed: int = 0) -> DecodeTiming:
+                 seed: int = 0, warmup: bool = True) -> DecodeTiming:
     """Prefill `prefill_tokens` random embeddings, then decode `decode_tokens` one at a time feeding the KV back.
 
-    One warm-up pass, then `repeats` timed passes; medians. Works for any graph with our decoder contract.
+    One warm-up pass (unless `warmup` is false), then `repeats` timed passes; medians. Works for any graph with our
+    decoder contract (KV float32).
     """
     rng = np.random.default_rng(seed)
     names = [i.name for i in sess.get_inputs()]
@@ -217,20 +221,24 @@ def time_decoder(sess, hidden: int, prefill_tokens: int = 64, decode_tokens: int
             past = dict(zip(past_names, out[1:]))
         return prefill, (time.perf_counter() - started) / decode_tokens
 
-    one_pass()
+    if warmup:
+        one_pass()
     runs = [one_pass() for _ in range(repeats)]
     return DecodeTiming(decode_ms_per_token=float(np.median([r[1] for r in runs]) * 1e3),
                         prefill_ms=float(np.median([r[0] for r in runs]) * 1e3),
                         prefill_tokens=prefill_tokens, decode_tokens=decode_tokens)
 
 
-def compare_speed(plain: Path, fused: Path, hidden: int, rounds: int = 3, **timing) -> tuple[DecodeTiming, DecodeTiming]:
-    """Both graphs timed in alternation (so a noisy neighbour hits both alike); the round with each's median."""
+def compare_speed(plain: Path, fused: Path, hidden: int, rounds: int = 5, **timing) -> tuple[DecodeTiming, DecodeTiming]:
+    """Both graphs warmed up, then timed one pass each in alternation (a noisy neighbour hits both alike), `rounds`
+    times; for each graph, the round with its median decode ms/token."""
     sessions = (session(plain), session(fused))
+    for sess in sessions:
+        time_decoder(sess, hidden, repeats=1, warmup=False, **timing)  # the warm-up pass
     results = ([], [])
     for _ in range(rounds):
         for which in (0, 1):
-            results[which].append(time_decoder(sessions[which], hidden, **timing))
+            results[which].append(time_decoder(sessions[which], hidden, repeats=1, warmup=False, **timing))
     pick = lambda rs: sorted(rs, key=lambda r: r.decode_ms_per_token)[len(rs) // 2]  # noqa: E731
     return pick(results[0]), pick(results[1])
 

@@ -39,11 +39,23 @@ def test_ask_json(tiny_models, image_path, capsys):
     assert data["stop_reason"] in {"max_new_tokens", "no_action", "malformed_action"}
 
 
-def test_errors_are_clear(tmp_path, image_path, capsys):
+def test_errors_are_clear(tmp_path, image_path, capsys, monkeypatch):
     assert main(["ask", "--model", str(tmp_path), "--image", str(image_path), "--question", "q"]) == 2
     assert "no config.json" in capsys.readouterr().err
+    assert main(["ask", "--bundle", str(tmp_path), "--image", str(image_path), "--question", "q"]) == 2
+    assert "cof.json is missing (make one with cof-export)" in capsys.readouterr().err
+    monkeypatch.setattr("cof_edge.cli.DEFAULT_BUNDLE", tmp_path / "gone")
     assert main(["demo"]) == 2
-    assert "python -m cof_training.tiny" in capsys.readouterr().err
+    assert "the default bundle is missing from this install" in capsys.readouterr().err
+
+
+def test_demo_runs_the_shipped_bundle_without_arguments(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--max-new-tokens", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "scene: generated 3840x2160" in out and "step 0: saw [0,0,3840,2160]" in out and "expected:" in out
+    with Image.open(tmp_path / "cof-demo.png") as written:
+        assert written.size == (1920, 1080)
 
 
 def test_demo_runs_a_generated_4k_scene(tiny_models, tmp_path, capsys):
