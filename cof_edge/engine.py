@@ -54,7 +54,7 @@ class FocusEngine:
 
     def start(self, image, question: str, **overrides) -> FocusState:
         options = self.options.with_overrides(**overrides)
-        source = SourceImage(load_image(image))
+        source = SourceImage(load_image(image, options.max_image_pixels))
         view = global_view(source.size, options.global_min_pixels, options.global_max_pixels)
         return FocusState(question=question, source=source, options=options, session=self.backend.new_session(),
                           result=FocusResult(question=question, image_size=source.size), next_view=view)
@@ -72,6 +72,9 @@ class FocusEngine:
         text = opening_prompt(state.question) if first_turn else crop_turn_prompt()
         new_ids = [] if state.turn_closed else [self.layout.special.im_end]
         new_ids += self.layout.encode(text, [view.visual_tokens])
+        room = self._context_limit(state) - len(state.token_ids) - len(new_ids)
+        if room < 1:
+            return self._overflow(state, view, len(new_ids), t0)
         ids = state.unfed + new_ids
         state.token_ids += new_ids
         grid = (1, view.size[1] // PATCH, view.size[0] // PATCH)
@@ -79,6 +82,7 @@ class FocusEngine:
         state.views.append(view)
         t_prefill = time.perf_counter()
 
+        state.turn_token_limit = min(options.max_new_tokens, room)
         tokens = self.respond(state, logits)
         t_decode = time.perf_counter()
         stop_ids = self.layout.special.stop_ids
@@ -107,9 +111,27 @@ class FocusEngine:
         return embeds, False
 
     def respond(self, state: FocusState, logits) -> list[int]:
-        """The reply's tokens given the prefill logits; greedy. Its last token stays unfed until the next turn."""
-        return decode_greedy(state.session, state.cursor, logits, state.options.max_new_tokens,
-                             self.layout.special.stop_ids)
+        """The reply's tokens given the prefill logits; greedy, at most `state.turn_token_limit` of them.
+
+        Its last token stays unfed until the next turn.
+        """
+        return decode_greedy(state.session, state.cursor, logits, state.turn_token_limit, self.layout.special.stop_ids)
+
+    def _context_limit(self, state: FocusState) -> int:
+        limits = [state.options.max_context_tokens, getattr(self.backend, "max_context", None)]
+        return min((limit for limit in limits if limit), default=1 << 62)
+
+    def _overflow(self, state: FocusState, view: View, needed: int, t0: float) -> StepTrace:
+        """The next turn does not fit the context: end with a recorded reason instead of failing in the model."""
+        limit = self._context_limit(state)
+        trace = StepTrace(index=len(state.result.steps), action="none", text="", view_region=view.region,
+                          view_size=view.size, visual_tokens=view.visual_tokens, prompt_tokens=0, new_tokens=0,
+                          error=f"the next turn needs {needed} tokens after {len(state.token_ids)}, over the context "
+                                f"limit of {limit}: lower the pixel budgets or max_zooms, or raise max_context_tokens")
+        trace.ms = {"total": _ms(t0, time.perf_counter())}
+        state.result.steps.append(trace)
+        self._finish(state, None, "context_overflow")
+        return trace
 
     def _act(self, state: FocusState, reply: str, trace: StepTrace, hit_token_bound: bool) -> None:
         action = parse_action(reply, state.options.box_frame)

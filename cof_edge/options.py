@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from .actions import BoxFrame
 from .geometry import FACTOR, CropSettings
+from .images import DEFAULT_MAX_IMAGE_PIXELS
 
 
 @dataclass(frozen=True)
@@ -22,15 +23,20 @@ class AskOptions:
     min_crop_side: int = 56
     snap_crops: int = 0                              # align crops to this pixel grid of the original (0: off)
     box_frame: BoxFrame = BoxFrame.PIXELS            # frame of bbox_2d in tool calls
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # larger inputs are refused before decoding
+    max_context_tokens: int | None = None            # conversation bound; None: the model's own context length
     stop_on_repeated_box: bool = True
 
     def __post_init__(self):
-        for name in ("global_min_pixels", "global_max_pixels", "crop_min_pixels", "crop_max_pixels", "max_new_tokens"):
+        for name in ("global_min_pixels", "global_max_pixels", "crop_min_pixels", "crop_max_pixels", "max_new_tokens",
+                     "max_image_pixels"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.global_min_pixels > self.global_max_pixels:
             raise ValueError(f"global_min_pixels ({self.global_min_pixels}) exceeds global_max_pixels "
                              f"({self.global_max_pixels})")
+        if self.max_context_tokens is not None and self.max_context_tokens <= 0:
+            raise ValueError(f"max_context_tokens must be positive or None, got {self.max_context_tokens!r}")
         if not isinstance(self.max_zooms, int) or self.max_zooms < 0:
             raise ValueError(f"max_zooms must be an integer >= 0, got {self.max_zooms!r}")
         object.__setattr__(self, "box_frame", BoxFrame(self.box_frame))

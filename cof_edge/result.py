@@ -33,6 +33,7 @@ class FocusResult:
     image_size: tuple[int, int]
     answer: str | None = None
     stop_reason: str | None = None      # answer | no_action | max_new_tokens | malformed_action | bad_box | max_zooms | repeated_box
+                                        # | context_overflow
     steps: list[StepTrace] = field(default_factory=list)
 
     @property

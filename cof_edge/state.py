@@ -25,4 +25,6 @@ class FocusState:
     token_ids: list[int] = field(default_factory=list)  # the whole conversation so far, prompts and replies
     unfed: list[int] = field(default_factory=list)     # sampled but not yet in the cache (the last stop token)
     turn_closed: bool = True                            # did the last reply end with a stop token
+    turn_token_limit: int = 0                           # new tokens this turn may take (max_new_tokens, or less
+                                                        # when the context is nearly full)
     done: bool = False

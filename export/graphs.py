@@ -29,6 +29,7 @@ class TextGeometry:
     vocab_size: int
     mrope_section: list[int]
     rope_theta: float
+    max_position_embeddings: int
 
     @classmethod
     def from_model(cls, model) -> "TextGeometry":
@@ -37,7 +38,8 @@ class TextGeometry:
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         return cls(hidden=cfg.hidden_size, layers=cfg.num_hidden_layers, heads=cfg.num_attention_heads,
                    kv_heads=cfg.num_key_value_heads, head_dim=head_dim, vocab_size=cfg.vocab_size,
-                   mrope_section=list(rope.get("mrope_section", [])), rope_theta=float(rope.get("rope_theta", 0.0)))
+                   mrope_section=list(rope.get("mrope_section", [])), rope_theta=float(rope.get("rope_theta", 0.0)),
+                   max_position_embeddings=int(cfg.max_position_embeddings))
 
     def kv_names(self, prefix: str) -> list[str]:
         return [f"{prefix}_{kind}.{layer}" for layer in range(self.layers) for kind in ("key", "value")]

@@ -54,6 +54,7 @@ class OnnxBackend:
         self.kv_dtype = np.float16 if decoder_inputs[self.past_names[0]].type == "tensor(float16)" else np.float32
         text = self.bundle.text
         self.kv_shape = (text["kv_heads"], text["head_dim"])
+        self.max_context = text.get("max_position_embeddings")
 
     def pixel_inputs(self, source: SourceImage, view: View) -> tuple[np.ndarray, tuple[int, int, int]]:
         pixels, grid = preprocess(source.pixels, (view.size[1], view.size[0]), box=view.region)

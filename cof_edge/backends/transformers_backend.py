@@ -37,7 +37,8 @@ class TransformersBackend:
             torch.set_num_threads(threads)
         self.device = torch.device(device)
         self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            model_dir, dtype=getattr(torch, dtype)).to(self.device).eval()
+            model_dir, dtype=getattr(torch, dtype), local_files_only=True).to(self.device).eval()
+        self.max_context = self.model.config.text_config.max_position_embeddings
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self.image_processor = _image_processor(model_dir)
         self.cache_id = f"transformers:{model_dir.resolve()}:{dtype}"
