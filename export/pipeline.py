@@ -68,7 +68,6 @@ def export_bundle(model_dir: str | Path, out_dir: str | Path, config: ExportConf
                   progress=None) -> Bundle:
     """Writes the bundle to `out_dir` (atomically) and returns its manifest. `progress(stage)` is told each stage."""
     import torch
-    from transformers import Qwen2_5_VLForConditionalGeneration
 
     from cof_edge.backends.onnx_backend import OnnxBackend
     from cof_edge.backends.transformers_backend import TransformersBackend

@@ -96,7 +96,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cof_edge.chat_template import QWEN2_5_VL_CHAT_TEMPLATE

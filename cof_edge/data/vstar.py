@@ -13,7 +13,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 
 from PIL import Image
 
+from ..atomic import atomic_write_bytes
 from .vsearch import CATEGORIES, PROMPT_SUFFIX, VSearchSample, generate, resize_to_long_side, scale_box
 
 QUESTIONS_FILE = "test_questions.jsonl"
@@ -91,19 +91,6 @@ def parse_options(text: str) -> tuple[str, list[str]]:
     return "\n".join(question_lines).strip(), options
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary name beside `path`, then rename over it: readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as temp_file:
-            temp_file.write(data)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-
-
 def _rounded_box(box: Iterable[float]) -> list[float]:
     return [round(float(v), BOX_DECIMALS) for v in box]
 
@@ -158,14 +145,14 @@ def write_vstar(
         image_relpath = f"{sample.category}/vsearch_s{sample.seed}_{sample.index:06d}.png"
         buffer = io.BytesIO()
         image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-        _atomic_write_bytes(out / image_relpath, buffer.getvalue())
+        atomic_write_bytes(out / image_relpath, buffer.getvalue())
         record = _record_for(sample, question_id, image_relpath, image.size)
         if resolution is not None:
             record["resolution"] = resolution
         lines.append(json.dumps(record, ensure_ascii=False))
         if progress is not None:
             progress(question_id + 1)
-    _atomic_write_bytes(out / QUESTIONS_FILE, ("\n".join(lines) + "\n" if lines else "").encode("utf-8"))
+    atomic_write_bytes(out / QUESTIONS_FILE, ("\n".join(lines) + "\n" if lines else "").encode("utf-8"))
     return out
 
 
