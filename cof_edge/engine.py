@@ -65,16 +65,17 @@ class FocusEngine:
             raise RuntimeError("this question is finished; start() a new one")
         options, view = state.options, state.next_view
         first_turn = not state.views
-        t0 = time.perf_counter()
-        embeds, cache_hit = self._encode(state, view)
-        t_vision = time.perf_counter()
-
+        t_start = time.perf_counter()
         text = opening_prompt(state.question) if first_turn else crop_turn_prompt()
         new_ids = [] if state.turn_closed else [self.layout.special.im_end]
         new_ids += self.layout.encode(text, [view.visual_tokens])
         room = self._context_limit(state) - len(state.token_ids) - len(new_ids)
         if room < 1:
-            return self._overflow(state, view, len(new_ids), t0)
+            return self._overflow(state, view, len(new_ids), t_start)
+
+        t0 = time.perf_counter()
+        embeds, cache_hit = self._encode(state, view)
+        t_vision = time.perf_counter()
         ids = state.unfed + new_ids
         state.token_ids += new_ids
         grid = (1, view.size[1] // PATCH, view.size[0] // PATCH)
@@ -97,12 +98,12 @@ class FocusEngine:
         self._act(state, reply, trace, hit_token_bound=not state.turn_closed)
         t_end = time.perf_counter()
         trace.ms = {"vision": _ms(t0, t_vision), "prefill": _ms(t_vision, t_prefill),
-                    "decode": _ms(t_prefill, t_decode), "total": _ms(t0, t_end)}
+                    "decode": _ms(t_prefill, t_decode), "total": _ms(t_start, t_end)}
         state.result.steps.append(trace)
         return trace
 
     def _encode(self, state: FocusState, view: View):
-        key = (state.source.digest, view.region, view.size, getattr(self.backend, "cache_id", id(self.backend)))
+        key = (state.source.digest, view.region, view.size, self.backend.cache_id)
         embeds = self.crop_cache.get(key)
         if embeds is not None:
             return embeds, True
@@ -118,7 +119,7 @@ class FocusEngine:
         return decode_greedy(state.session, state.cursor, logits, state.turn_token_limit, self.layout.special.stop_ids)
 
     def _context_limit(self, state: FocusState) -> int:
-        limits = [state.options.max_context_tokens, getattr(self.backend, "max_context", None)]
+        limits = [state.options.max_context_tokens, self.backend.max_context]
         return min((limit for limit in limits if limit), default=1 << 62)
 
     def _overflow(self, state: FocusState, view: View, needed: int, t0: float) -> StepTrace:

@@ -15,6 +15,8 @@ class ScriptedBackend:
     """Emits the given replies token by token through the engine's greedy decoder."""
 
     name = "scripted"
+    cache_id = "scripted"
+    max_context = None
 
     def __init__(self, tokenizer, replies, close_turns=True):
         self.tokenizer = tokenizer

@@ -25,6 +25,7 @@ class Backend(Protocol):
     name: str
     tokenizer: Any  # tokenizers.Tokenizer
     cache_id: str   # identifies the vision weights, for crop-cache keys
+    max_context: int | None  # the model's context length in tokens, if known
 
     def encode_view(self, source: SourceImage, view: View) -> Any:
         """Vision embeddings [tokens, hidden] of `view.region` of the source image, shown at `view.size`."""
