@@ -31,7 +31,7 @@ class GraphEntry:
     sha256: str
     bytes: int
     data_files: dict[str, str] = field(default_factory=dict)   # external data file -> sha256
-    flavour: str = "standard"      # standard (ONNX domain ops only, TensorRT-parsable) | fused (ORT contrib ops)
+    flavour: str = "standard"      # standard (ONNX domain ops only, TensorRT-parsable) | contrib (ORT contrib ops)
     inputs: dict[str, list] = field(default_factory=dict)      # name -> [dtype, [dims]] (symbolic dims as str)
     outputs: dict[str, list] = field(default_factory=dict)
 

@@ -25,12 +25,15 @@ BUNDLE_PRECISIONS = {"small": ("fp32", "int8", "int4", "fp16"), "qwen": ("fp32",
 
 @pytest.fixture(scope="session")
 def bundles(tiny_models, tmp_path_factory):
-    """The tiny models exported with cof-export (forced: random int4 weights miss the int4 gate)."""
+    """The tiny models exported with cof-export (forced: random int4 weights miss the int4 gate).
+
+    Without the fused decoders, which tests/test_export_fused.py covers with its own export.
+    """
     from cof_export.pipeline import ExportConfig, export_bundle
 
     root = tmp_path_factory.mktemp("bundles")
     for name, precisions in BUNDLE_PRECISIONS.items():
-        export_bundle(tiny_models[name], root / name, ExportConfig(precisions=precisions, force=True))
+        export_bundle(tiny_models[name], root / name, ExportConfig(precisions=precisions, force=True, fused=False))
     return {name: root / name for name in BUNDLE_PRECISIONS}
 
 

@@ -118,7 +118,7 @@ def test_parity_gate_blocks_a_bad_bundle(tiny_models, tmp_path, monkeypatch):
     monkeypatch.setitem(parity.THRESHOLDS, "fp32", parity.Thresholds(None, 0.0, 1.0, True))
     out = tmp_path / "gated"
     with pytest.raises(ParityError, match="logits_max_abs"):
-        export_bundle(tiny_models["small"], out, ExportConfig(precisions=("fp32",), parity_steps=4))
+        export_bundle(tiny_models["small"], out, ExportConfig(precisions=("fp32",), parity_steps=4, fused=False))
     assert not out.exists() and not list(tmp_path.glob(".gated.partial-*"))
 
 
@@ -127,7 +127,7 @@ def test_killed_export_leaves_the_old_bundle_intact(bundles, tiny_models, tmp_pa
     old = load_bundle(bundles["small"])
     subprocess.run(["cp", "-r", str(bundles["small"]), str(out)], check=True)
     proc = subprocess.Popen([sys.executable, "-m", "cof_export.cli", "--model", str(tiny_models["small"]),
-                             "--out", str(out), "--precision", "fp32"], stdout=subprocess.DEVNULL,
+                             "--out", str(out), "--precision", "fp32", "--no-fused"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and not list(tmp_path.glob(".bundle.partial-*/*.onnx")):
@@ -138,7 +138,7 @@ def test_killed_export_leaves_the_old_bundle_intact(bundles, tiny_models, tmp_pa
     survivor = load_bundle(out, verify=True)
     assert survivor.bundle_id == old.bundle_id and sorted(survivor.variants) == sorted(old.variants)
     # the next export clears what the killed one left behind
-    export_bundle(tiny_models["small"], out, ExportConfig(precisions=("fp32",), parity_steps=2))
+    export_bundle(tiny_models["small"], out, ExportConfig(precisions=("fp32",), parity_steps=2, fused=False))
     assert not list(tmp_path.glob(".bundle.partial-*")) and sorted(load_bundle(out).variants) == ["fp32"]
 
 

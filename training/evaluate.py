@@ -5,10 +5,10 @@
 
 Methods:
 * `sft` / `rl`: CoF, the model zooms as it likes (`max_zooms` 2 by default).
-* `no_zoom`: the same model answering from the global view only: `max_zooms=0` plus *answer forcing*: whenever
-  greedy decoding picks `<tool_call>`, the tokens of `<answer>` are emitted in its place and decoding goes on, so
-  the model's letter is its best guess from the global view (a model trained to zoom would otherwise just end on
-  `max_zooms` with no answer). Its `<think>` text is its own.
+* `no_zoom`: the same model answering from the global view only: `max_zooms=0` plus *zoom banning* in greedy
+  decoding (`DirectAnswerEngine`): the tokens that lead into a tool call get -inf, so the model takes its own most
+  likely answer path and its letter is its best guess from the global view (a model trained to zoom would
+  otherwise just end on `max_zooms` with no answer). Its `<think>` text is its own.
 * `full_res` is not run for the default model (it never saw views beyond its budget); null in the JSON.
 The budgets are the model's RECIPE.json `ask_options` (what it was trained with). Images: held-out scenes
 (`--seed`, default 777, different from training's 1000) rendered at 3840x2160 and resized (LANCZOS) to each long side.
@@ -33,24 +33,32 @@ METHODS = ("no_zoom", "sft", "rl", "full_res")
 
 
 class DirectAnswerEngine(FocusEngine):
-    """Greedy decoding that turns a `<tool_call>` into `<answer>`: answers from the views already seen."""
+    """Greedy decoding with the zoom banned: answers from the views already seen (the `no_zoom` method).
+
+    `<tool_call>` gets -inf, and so do a whitespace-only token and the stop tokens right after `</think>` (an
+    answer must follow the thought): in the trained tokenization
+    a bare space there only ever leads into a tool call (`</think> <tool_call>` is `>`, ` `, `<tool_call>`), while
+    an answer is `>`, ` <`, `answer`, `>B`. So the model's own most likely answer path is taken, in the tokenization
+    it was trained on (forcing the text `<answer>` instead would give token sequences it never saw).
+    """
 
     def respond(self, state, logits) -> list[int]:
-        tool_id = self.backend.tokenizer.token_to_id("<tool_call>")
-        forced = self.layout.encode("<answer>")
+        tokenizer = self.backend.tokenizer
+        tool_id = tokenizer.token_to_id("<tool_call>")
+        blank = [i for i in range(tokenizer.get_vocab_size()) if not tokenizer.decode([i]).strip()
+                 and tokenizer.decode([i]) != ""]
         stop_ids, limit = self.layout.special.stop_ids, state.options.max_new_tokens
         tokens: list[int] = []
         while True:
-            token = int(np.argmax(logits))
-            if token == tool_id:
-                for f in forced:
-                    tokens.append(f)
-                    logits = decode_one_token(state.session, state.cursor, f)
-                continue
-            tokens.append(token)
-            if token in stop_ids or len(tokens) >= limit:
+            z = np.array(logits, dtype=np.float32, copy=True)
+            if tool_id is not None:
+                z[tool_id] = -np.inf
+            if self.layout.decode(tokens, skip_special_tokens=False).endswith("</think>"):
+                z[blank + sorted(stop_ids)] = -np.inf
+            tokens.append(int(np.argmax(z)))
+            if tokens[-1] in stop_ids or len(tokens) >= limit:
                 return tokens  # the last token stays unfed, as in decode_greedy
-            logits = decode_one_token(state.session, state.cursor, token)
+            logits = decode_one_token(state.session, state.cursor, tokens[-1])
 
 
 def load_budgets(model_dir: Path) -> dict:
