@@ -103,7 +103,7 @@ class FocusEngine:
         return trace
 
     def _encode(self, state: FocusState, view: View):
-        key = (state.source.digest, view.region, view.size, self.backend.cache_id)
+        key = (state.source.digest, view.region, view.size, getattr(self.backend, "cache_id", None) or id(self.backend))
         embeds = self.crop_cache.get(key)
         if embeds is not None:
             return embeds, True
@@ -119,7 +119,7 @@ class FocusEngine:
         return decode_greedy(state.session, state.cursor, logits, state.turn_token_limit, self.layout.special.stop_ids)
 
     def _context_limit(self, state: FocusState) -> int:
-        limits = [state.options.max_context_tokens, self.backend.max_context]
+        limits = [state.options.max_context_tokens, getattr(self.backend, "max_context", None)]
         return min((limit for limit in limits if limit), default=1 << 62)
 
     def _overflow(self, state: FocusState, view: View, needed: int, t0: float) -> StepTrace:

@@ -24,8 +24,8 @@ class Session(Protocol):
 class Backend(Protocol):
     name: str
     tokenizer: Any  # tokenizers.Tokenizer
-    cache_id: str   # identifies the vision weights, for crop-cache keys
-    max_context: int | None  # the model's context length in tokens, if known
+    # Optional: `cache_id` (str) names the vision weights in crop-cache keys (default: the backend object's id);
+    # `max_context` (int) is the model's context length, which bounds each question (default: unbounded).
 
     def encode_view(self, source: SourceImage, view: View) -> Any:
         """Vision embeddings [tokens, hidden] of `view.region` of the source image, shown at `view.size`."""
