@@ -1,0 +1,106 @@
+"""The benchmark scripts run end to end in a tiny mode on a tiny bundle, print their JSON summary last, write their
+result files, and report.py regenerates the README section deterministically (on copies, never the real files)."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "benchmarks"
+
+
+def run(script: str, *args, timeout: int = 120) -> dict:
+    proc = subprocess.run([sys.executable, str(BENCH / script), *map(str, args)], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    return json.loads(last)
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory, bundles, tiny_models):
+    """One tiny run of each script into one results directory."""
+    out = tmp_path_factory.mktemp("bench-results")
+    bundle, model = bundles["small"], tiny_models["small"]
+    summaries = {
+        "accuracy": run("accuracy.py", "--quick", "--bundle", bundle, "--n", 1, "--resolutions", 224, 448,
+                        "--max-new-tokens", 8, "--threads", 1, "--out", out),
+        "latency": run("latency.py", "--quick", "--bundle", bundle, "--model", model, "--resolutions", 224, 448,
+                       "--methods", "ort_fp32", "ort_int8", "transformers", "full_res", "global_only",
+                       "--max-new-tokens", 8, "--threads", 1, "--out", out),
+        "limits": run("limits.py", "--quick", "--out", out),
+    }
+    return out, summaries
+
+
+def test_latency_summary_and_files(results):
+    out, summaries = results
+    summary = summaries["latency"]
+    for key in ("int8_vs_transformers_speedup", "visual_token_ratio_3840", "accuracy_delta_vs_full_res_3840",
+                "decode_bound_fraction", "random_weights", "max_new_tokens", "errors"):
+        assert key in summary
+    assert summary["errors"] == []
+    assert summary["int8_vs_transformers_speedup"] > 0
+    assert summary["max_new_tokens"]["default"] == 8
+    data = json.loads((out / "latency.json").read_text())
+    assert {"cpu", "cores", "memory_gb", "versions"} <= set(data["machine"])
+    model = data["models"]["default"]
+    assert set(model["methods"]) == {"ort_fp32", "ort_int8", "transformers", "full_res", "global_only"}
+    entry = model["methods"]["ort_int8"]["resolutions"]["448"]
+    assert set(entry["stages_ms"]) == {"preprocess", "vision", "prefill", "decode"}
+    assert entry["ms"]["p10"] <= entry["ms"]["median"] <= entry["ms"]["p90"]
+    assert entry["peak_rss_mb"] > 0 and entry["warm_cache"]["hits_per_question"] >= 1
+    full = model["methods"]["full_res"]["resolutions"]["448"]
+    assert full["zooms"] == 0 and full["steps"] == 1 and full["visual_tokens"] > 0  # one pass at native size
+    assert (out / "latency_ms.png").stat().st_size > 0 and (out / "latency_tokens.png").stat().st_size > 0
+
+
+def test_accuracy_summary_and_files(results):
+    out, summaries = results
+    summary = summaries["accuracy"]
+    assert summary["resolutions"] == [224, 448]
+    assert set(summary["methods"]) == {"cof", "no_zoom", "full_res"}
+    data = json.loads((out / "accuracy_bundle.json").read_text())
+    assert data["n_per_resolution"] == 1
+    assert set(data["by_category"]["cof"]) == {"direct_attributes", "relative_position"}
+    assert all(0 <= v <= 100 for v in data["methods"]["cof"])
+    assert (out / "accuracy_bundle.png").stat().st_size > 0
+
+
+def test_limits_summary_and_files(results):
+    out, summaries = results
+    summary = summaries["limits"]
+    assert summary["read_gbs"] > 0 and summary["fp32_gflops"] > 0
+    data = json.loads((out / "limits.json").read_text())
+    assert "default" in data["models"]  # bounds derived from the latency run in the same directory
+    decode = data["models"]["default"]["decode"]
+    assert decode and all(e["bound_ms"] > 0 and e["fraction"] > 0 for e in decode.values())
+
+
+def test_report_regenerates_readme_deterministically(results, tmp_path):
+    out, _ = results
+    results_copy = tmp_path / "results"
+    shutil.copytree(out, results_copy)
+    training = {"resolutions": [224, 448], "methods": {"no_zoom": [25.0, 30.0], "sft": [40.0, 45.0], "rl": None,
+                                                       "full_res": None}, "n_per_resolution": 4}
+    (results_copy / "accuracy.json").write_text(json.dumps(training))
+    readme = tmp_path / "README.md"
+    original = (REPO / "README.md").read_text()
+    readme.write_text(original)
+    first = run("report.py", "--results", results_copy, "--readme", readme)
+    assert first["changed"] is True
+    text = readme.read_text()
+    head, rest = text.split("<!-- bench:start -->")
+    section, tail = rest.split("<!-- bench:end -->")
+    assert head == original.split("<!-- bench:start -->")[0] and tail == original.split("<!-- bench:end -->")[1]
+    for needle in ("### Latency", "ms per question", "Targets (issue #4)", "### Machine limits",
+                   "### Accuracy per resolution (accuracy_bundle.json", "### Accuracy per resolution (accuracy.json",
+                   "| sft | 40.0 | 45.0 |"):
+        assert needle in section, needle
+    second = run("report.py", "--results", results_copy, "--readme", readme, "--no-plots")
+    assert second["changed"] is False and readme.read_text() == text
+    assert run("report.py", "--results", results_copy, "--readme", readme, "--check")["stale"] is False
