@@ -1,6 +1,7 @@
 """cof-export: bundles that run in the lean runtime, parity-gated, standard ops, dynamic dims, atomic writes."""
 
 import json
+from pathlib import Path
 import os
 import signal
 import subprocess
@@ -178,3 +179,46 @@ def test_full_ask_on_a_bundle_without_torch(bundles):
     """)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[0] == "ok" and done.stdout.split()[-1] == "int8"
+
+
+def test_truncated_or_mismatched_graphs_are_named(bundles, tmp_path):
+    broken = tmp_path / "broken"
+    subprocess.run(["cp", "-r", str(bundles["small"]), str(broken)], check=True)
+    graph = broken / "decoder.int8.onnx"
+    graph.write_bytes(graph.read_bytes()[: graph.stat().st_size // 3])
+    with pytest.raises(BundleError, match="decoder.int8.onnx could not be loaded by onnxruntime.*truncated or corrupt"):
+        FocusEngine.load(broken)
+    subprocess.run(["cp", str(bundles["small"] / "decoder.int8.onnx"), str(graph)], check=True)
+    manifest = json.loads((broken / "cof.json").read_text())
+    manifest["graphs"]["embed.fp32"]["inputs"] = {"token_ids": ["int64", ["batch", "seq"]]}
+    (broken / "cof.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="embed.fp32.onnx: its inputs .* do not match cof.json"):
+        FocusEngine.load(broken)
+
+
+def test_provider_fallback_and_kv_placement(caplog):
+    from cof_edge.backends.onnx_backend import kv_device
+    from cof_edge.providers import choose_providers, session_providers, tensorrt_options
+
+    with caplog.at_level("WARNING", logger="cof_edge"):
+        chosen = choose_providers(["tensorrt", "cuda", "cpu"], ["CPUExecutionProvider"])
+    assert chosen == ["cpu"] and len(caplog.records) == 1
+    assert "tensorrt, cuda not available" in caplog.text and "running on cpu" in caplog.text
+    with pytest.raises(ValueError, match="unknown provider"):
+        choose_providers(["npu"], ["CPUExecutionProvider"])
+    assert choose_providers(["cuda", "cpu"], ["CUDAExecutionProvider", "CPUExecutionProvider"]) == ["cuda", "cpu"]
+    # the binding plan: KV stays on the GPU when a GPU provider runs the decoder, else in host memory
+    assert kv_device(["cuda", "cpu"]) == "cuda" and kv_device(["tensorrt", "cuda"]) == "cuda"
+    assert kv_device(["cpu"]) == "cpu"
+    recorded = {"cuda": {"arena_extend_strategy": "kSameAsRequested"},
+                "tensorrt": {"common": {"trt_fp16_enable": True, "trt_engine_cache_path": "trt_cache"},
+                             "profiles": {"vision": {"min": {"pixel_patches": [64, 1176]},
+                                                     "opt": {"pixel_patches": [256, 1176]},
+                                                     "max": {"pixel_patches": [1024, 1176]}}}}}
+    providers = session_providers(["tensorrt", "cuda", "cpu"], recorded, "vision", Path("/b"))
+    trt_name, trt = providers[0]
+    assert trt_name == "TensorrtExecutionProvider" and trt["trt_engine_cache_path"] == "/b/trt_cache"
+    assert trt["trt_profile_min_shapes"] == "pixel_patches:64x1176" and trt["trt_fp16_enable"] is True
+    assert providers[1] == ("CUDAExecutionProvider", {"arena_extend_strategy": "kSameAsRequested"})
+    assert providers[2] == "CPUExecutionProvider"
+    assert tensorrt_options({}, "decoder", Path("/b")) == {}

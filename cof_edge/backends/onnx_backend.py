@@ -35,11 +35,7 @@ class OnnxBackend:
         if threads:
             options.intra_op_num_threads = threads
         options.log_severity_level = 3
-        self.sessions = {
-            kind: ort.InferenceSession(str(self.directory / entry.file), sess_options=options,
-                                       providers=session_providers(self.providers, self.bundle.providers, kind,
-                                                                   self.directory))
-            for kind, entry in graphs.items()}
+        self.sessions = {kind: self._open(entry, kind, options) for kind, entry in graphs.items()}
         self.tokenizer = Tokenizer.from_file(str(self.directory / "tokenizer.json"))
         self.vision_geometry = vision_host.VisionGeometry.from_dict(self.bundle.vision)
         self.cache_id = f"onnx:{self.bundle.bundle_id}:{graphs['vision'].sha256[:16]}"
@@ -55,6 +51,22 @@ class OnnxBackend:
         text = self.bundle.text
         self.kv_shape = (text["kv_heads"], text["head_dim"])
         self.max_context = text.get("max_position_embeddings")
+
+    def _open(self, entry, kind: str, options) -> ort.InferenceSession:
+        """An ORT session for one graph, checked against the signature cof.json recorded for it."""
+        path = self.directory / entry.file
+        try:
+            session = ort.InferenceSession(str(path), sess_options=options, providers=session_providers(
+                self.providers, self.bundle.providers, kind, self.directory))
+        except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
+            raise BundleError(f"{entry.file} could not be loaded by onnxruntime ({str(exc).splitlines()[0][:200]}): "
+                              f"the file is truncated or corrupt; re-copy or re-export the bundle") from None
+        actual = {i.name: len(i.shape) for i in session.get_inputs()}
+        recorded = {name: len(dims) for name, (_, dims) in entry.inputs.items()}
+        if actual != recorded:
+            raise BundleError(f"{entry.file}: its inputs {actual} do not match cof.json {recorded} (name: rank): "
+                              f"the graph was replaced or cof.json edited; re-export the bundle")
+        return session
 
     def pixel_inputs(self, source: SourceImage, view: View) -> tuple[np.ndarray, tuple[int, int, int]]:
         pixels, grid = preprocess(source.pixels, (view.size[1], view.size[0]), box=view.region)
