@@ -133,7 +133,7 @@ def _demo(args) -> int:
     print(f"scene: generated {sample.image.width}x{sample.image.height} visual-search image (seed {args.seed})")
     if _random_weights(args):
         print("note: this is a tiny RANDOM model (no trained default model ships yet): its chain and answer are noise")
-    return _ask(args, sample.image, sample.question, expected=f"{sample.label} ({sample.answer_text})")
+    return _ask(args, sample.image, sample.text, expected=f"{sample.label} ({sample.answer_text})")
 
 
 def _random_weights(args) -> bool:
