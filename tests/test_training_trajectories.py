@@ -52,6 +52,8 @@ class ScriptedBackend:
     """Emits the given replies token by token and records everything the engine feeds it."""
 
     name = "scripted"
+    max_context = None
+    cache_id = "scripted"
 
     def __init__(self, tokenizer, replies):
         self.tokenizer, self.replies = tokenizer, [list(r) for r in replies]

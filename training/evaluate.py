@@ -5,10 +5,10 @@
 
 Methods:
 * `sft` / `rl`: CoF, the model zooms as it likes (`max_zooms` 2 by default).
-* `no_zoom`: the same model answering from the global view only: `max_zooms=0` plus *zoom banning* in greedy
-  decoding (`DirectAnswerEngine`): the tokens that lead into a tool call get -inf, so the model takes its own most
-  likely answer path and its letter is its best guess from the global view (a model trained to zoom would
-  otherwise just end on `max_zooms` with no answer). Its `<think>` text is its own.
+* `no_zoom`: the same model answering from the global view only: `max_zooms=0` plus *answer forcing* in greedy
+  decoding (`DirectAnswerEngine`): after `</think>` the tokens of ` <answer` (as trained) are forced, then the
+  option letter with the highest logit, and `<tool_call>` is banned, so the letter is the model's own best guess from the global view (a model trained to
+  zoom would otherwise just end on `max_zooms` with no answer). Its `<think>` text is its own.
 * `full_res` is not run for the default model (it never saw views beyond its budget); null in the JSON.
 The budgets are the model's RECIPE.json `ask_options` (what it was trained with). Images: held-out scenes
 (`--seed`, default 777, different from training's 1000) rendered at 3840x2160 and resized (LANCZOS) to each long side.
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 
@@ -33,29 +34,44 @@ METHODS = ("no_zoom", "sft", "rl", "full_res")
 
 
 class DirectAnswerEngine(FocusEngine):
-    """Greedy decoding with the zoom banned: answers from the views already seen (the `no_zoom` method).
+    """Greedy decoding with the zoom taken away: answers from the views already seen (the `no_zoom` method).
 
-    `<tool_call>` gets -inf, and so do a whitespace-only token and the stop tokens right after `</think>` (an
-    answer must follow the thought): in the trained tokenization
-    a bare space there only ever leads into a tool call (`</think> <tool_call>` is `>`, ` `, `<tool_call>`), while
-    an answer is `>`, ` <`, `answer`, `>B`. So the model's own most likely answer path is taken, in the tokenization
-    it was trained on (forcing the text `<answer>` instead would give token sequences it never saw).
+    After `</think>` a CoF turn goes on either to a tool call or to ` <answer>`; here the answer path is forced in
+    the tokenization the model was trained on (the tokens of `"</think> <answer"` after those of `"</think>"`:
+    `" <"`, `"answer"` for the small tokenizer), then the option letter the model ranks highest (its first token as
+    trained, `">B"`), then `</answer>` and the end of the turn. `<tool_call>` is banned before `</think>`. The
+    letter is the model's own best guess from the global view.
     """
 
     def respond(self, state, logits) -> list[int]:
         tokenizer = self.backend.tokenizer
         tool_id = tokenizer.token_to_id("<tool_call>")
-        blank = [i for i in range(tokenizer.get_vocab_size()) if not tokenizer.decode([i]).strip()
-                 and tokenizer.decode([i]) != ""]
-        stop_ids, limit = self.layout.special.stop_ids, state.options.max_new_tokens
+        head = tokenizer.encode("</think>", add_special_tokens=False).ids
+        full = tokenizer.encode("</think> <answer", add_special_tokens=False).ids
+        forced = full[len(head):] if full[:len(head)] == head else tokenizer.encode(" <answer", add_special_tokens=False).ids
+        stop_ids = self.layout.special.stop_ids
+        limit = getattr(state, "turn_token_limit", state.options.max_new_tokens)
         tokens: list[int] = []
         while True:
-            z = np.array(logits, dtype=np.float32, copy=True)
-            if tool_id is not None:
-                z[tool_id] = -np.inf
-            if self.layout.decode(tokens, skip_special_tokens=False).endswith("</think>"):
-                z[blank + sorted(stop_ids)] = -np.inf
-            tokens.append(int(np.argmax(z)))
+            if self.layout.decode(tokens, skip_special_tokens=False).endswith("</think>") and len(tokens) < limit:
+                for f in forced:
+                    tokens.append(f)
+                    logits = decode_one_token(state.session, state.cursor, f)
+                # then the option letter the model ranks highest (its first token as trained: ">B")
+                letters = re.findall(r"^\(([A-Z])\)", state.question, flags=re.M) or list("ABCD")
+                endings = {L: tokenizer.encode(f"</think> <answer>{L}</answer>", add_special_tokens=False).ids[len(full):]
+                           for L in letters}
+                best = max(letters, key=lambda L: logits[endings[L][0]])
+                for t in endings[best]:  # the letter, then `</answer>` as trained; the turn ends there
+                    tokens.append(t)
+                    decode_one_token(state.session, state.cursor, t)
+                tokens.append(self.layout.special.im_end)
+                return tokens
+            else:
+                z = np.array(logits, dtype=np.float32, copy=True)
+                if tool_id is not None:
+                    z[tool_id] = -np.inf
+                tokens.append(int(np.argmax(z)))
             if tokens[-1] in stop_ids or len(tokens) >= limit:
                 return tokens  # the last token stays unfed, as in decode_greedy
             logits = decode_one_token(state.session, state.cursor, tokens[-1])

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -65,6 +66,8 @@ def backend_for(model, model_dir) -> TransformersBackend:
     backend.model = model
     backend.tokenizer = Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json"))
     backend.image_processor = image_processor_for(model_dir)
+    backend.max_context = model.config.text_config.max_position_embeddings
+    backend.cache_id = "policy-0"  # renamed every GRPO step: the weights change, cached crop embeddings go stale
     return backend
 
 
@@ -76,7 +79,7 @@ class SamplingEngine(FocusEngine):
         self.temperature, self.rng = temperature, np.random.default_rng(seed)
 
     def respond(self, state, logits) -> list[int]:
-        stop_ids, limit = self.layout.special.stop_ids, state.options.max_new_tokens
+        stop_ids, limit = self.layout.special.stop_ids, getattr(state, "turn_token_limit", state.options.max_new_tokens)
         tokens = []
         while True:
             z = np.asarray(logits, dtype=np.float64) / max(self.temperature, 1e-6)
@@ -131,6 +134,7 @@ def grpo_step(model, optimizer, engine: SamplingEngine, questions, cfg: GRPOConf
               reward_fn: Callable[[list[Rollout]], list[float]] | None = None, ref_model=None) -> dict:
     """One GRPO update: `questions` = [(image, text, label, needed_zooms)], `group_size` rollouts each."""
     model.eval()
+    engine.backend.cache_id = f"policy-{uuid.uuid4().hex}"  # new weights: no cached crop embedding may be reused
     groups = []
     for image, text, label, needed in questions:
         samples = [run_rollout(engine, image, text, max_zooms=cfg.max_zooms, max_new_tokens=cfg.max_new_tokens,

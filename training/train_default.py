@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-steps", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--init", type=Path, default=None, help="start from this HF model dir instead of a random init")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--time-budget-min", type=float, default=None,
                    help="cosine LR over this much wall-clock time (resumes included), then stop and export")
@@ -100,7 +101,8 @@ def main(argv=None, extra_callbacks=()) -> int:
     from .tiny import build_tiny_model
 
     overrides = {k: v for k, v in dict(max_steps=args.max_steps, save_steps=args.save_steps,
-                                       batch_size=args.batch_size, lr=args.lr, threads=args.threads).items()
+                                       batch_size=args.batch_size, lr=args.lr, threads=args.threads,
+                                       base_model=str(args.init) if args.init else None).items()
                  if v is not None}
     preset = get_preset(args.preset, **overrides)
     torch.set_num_threads(preset.threads)

@@ -1,0 +1,73 @@
+"""The no-zoom evaluation engine answers from the global view in the trained tokenization; results merge."""
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from cof_edge.actions import answer_letter
+from cof_edge.data import render_sample
+from cof_training.evaluate import DirectAnswerEngine, merge, plot
+from cof_training.tiny import build_small_tokenizer
+
+
+class _Session:
+    def __init__(self, backend):
+        self.backend, self.k = backend, 0
+
+    def forward(self, token_ids, positions, image_embeds):
+        b = self.backend
+        b.fed.extend(int(t) for t in token_ids)
+        logits = np.full(b.vocab, -1e9, dtype=np.float32)
+        logits[b.script[min(self.k, len(b.script) - 1)]] = 0.0
+        self.k += 1
+        return logits
+
+
+class _Backend:
+    name = "scripted"
+    max_context = None
+    cache_id = "scripted"
+
+    def __init__(self, tokenizer, text):
+        self.tokenizer, self.vocab = tokenizer, tokenizer.get_vocab_size()
+        self.script, self.fed = tokenizer.encode(text).ids, []
+
+    def encode_view(self, source, view):
+        return np.zeros((1, 1), dtype=np.float32)
+
+    def encode_image(self, image):
+        return np.zeros((1, 1), dtype=np.float32)
+
+    def new_session(self):
+        return _Session(self)
+
+
+def test_direct_answer_engine_takes_the_answer_path_instead_of_a_zoom():
+    tok = build_small_tokenizer()
+    sample = render_sample(2, 0, native_size=(960, 540))
+    # the model wants to zoom, but ranks C highest when made to answer
+    backend = _Backend(tok, '<think>small</think> <answer>C</answer>')
+    result = DirectAnswerEngine(backend).ask(sample.image, sample.text, max_zooms=0)
+    assert result.stop_reason == "answer" and answer_letter(result.answer) == "C" and result.zooms == 0
+    zoomer = _Backend(tok, '<think>small</think> <tool_call>\n{"name": "image_zoom_in_tool", "arguments": '
+                           '{"bbox_2d": [1, 2, 3, 4]}}\n</tool_call>')
+    result = DirectAnswerEngine(zoomer).ask(sample.image, sample.text, max_zooms=0)
+    assert result.stop_reason == "answer" and answer_letter(result.answer) in "ABCD" and result.zooms == 0
+    assert "<tool_call>" not in result.steps[0].text
+
+
+def test_merge_and_plot(tmp_path):
+    base = {"resolutions": [224, 3840], "n_per_resolution": 5, "avg_zooms": {}, "by_category": {},
+            "methods": {"no_zoom": None, "sft": None, "rl": None, "full_res": None}}
+    a = json.loads(json.dumps(base)); a["methods"]["sft"] = [30.0, 80.0]; a["avg_zooms"]["sft"] = [1, 1]
+    b = json.loads(json.dumps(base)); b["methods"]["no_zoom"] = [30.0, 35.0]; b["avg_zooms"]["no_zoom"] = [0, 0]
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    merged = merge([tmp_path / "a.json", tmp_path / "b.json"])
+    assert merged["methods"]["sft"] == [30.0, 80.0] and merged["methods"]["no_zoom"] == [30.0, 35.0]
+    assert merged["methods"]["rl"] is None
+    plot(merged, tmp_path / "acc.png")
+    assert (tmp_path / "acc.png").stat().st_size > 1000
