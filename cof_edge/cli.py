@@ -110,9 +110,7 @@ def _ask(args, image, question: str, expected: str | None = None) -> int:
 
 
 def _print_step(step) -> None:
-    from .result import FocusResult
-
-    print(FocusResult(question="", image_size=(0, 0), steps=[step]).chain_lines()[0], flush=True)
+    print(step.line(), flush=True)
 
 
 def _demo(args) -> int:

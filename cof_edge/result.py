@@ -26,6 +26,23 @@ class StepTrace:
     cache_hit: bool = False                     # the view's vision embeddings came from the crop cache
     ms: dict[str, float] = field(default_factory=dict)  # vision, prefill, decode, total
 
+    def line(self) -> str:
+        """This step on one line, for terminals."""
+        x1, y1, x2, y2 = self.view_region
+        head = (f"step {self.index}: saw [{x1},{y1},{x2},{y2}] at {self.view_size[0]}x{self.view_size[1]} "
+                f"({self.visual_tokens} visual{' cached' if self.cache_hit else ''}, {self.prompt_tokens} prefilled, "
+                f"{self.new_tokens} new tokens, {self.ms.get('total', 0.0):.0f} ms)")
+        if self.crop_region is not None:
+            cx1, cy1, cx2, cy2 = self.crop_region
+            tail = f"-> zoom [{cx1},{cy1},{cx2},{cy2}]"
+        else:
+            tail = f"-> {self.action}"
+        if self.repairs:
+            tail += f" (repaired: {', '.join(self.repairs)})"
+        if self.error:
+            tail += f" (error: {self.error})"
+        return f"{head} {tail}"
+
 
 @dataclass
 class FocusResult:
@@ -68,24 +85,7 @@ class FocusResult:
 
     def chain_lines(self) -> list[str]:
         """The chain of focus, one line per step, for terminals."""
-        lines = []
-        for s in self.steps:
-            x1, y1, x2, y2 = s.view_region
-            head = (f"step {s.index}: saw [{x1},{y1},{x2},{y2}] at {s.view_size[0]}x{s.view_size[1]} "
-                    f"({s.visual_tokens} visual{' cached' if s.cache_hit else ''}, {s.prompt_tokens} prefilled, "
-                    f"{s.new_tokens} new tokens, {s.ms.get('total', 0.0):.0f} ms)")
-            if s.crop_region is not None:
-                cx1, cy1, cx2, cy2 = s.crop_region
-                tail = f"-> zoom [{cx1},{cy1},{cx2},{cy2}]"
-            elif s.action == "answer":
-                tail = "-> answer"
-            else:
-                tail = f"-> {s.action}"
-            if s.repairs:
-                tail += f" (repaired: {', '.join(s.repairs)})"
-            if s.error:
-                tail += f" (error: {s.error})"
-            lines.append(f"{head} {tail}")
+        lines = [step.line() for step in self.steps]
         lines.append(f"answer: {self.answer!r} ({self.stop_reason}; {self.zooms} zooms, {self.visual_tokens} visual "
                      f"tokens, {self.total_ms:.0f} ms)")
         return lines

@@ -132,9 +132,15 @@ def _rename_dim(path: Path, input_name: str, axis: int, new_name: str) -> None:
     onnx.save(model, str(path))
 
 
-def graph_signature(path: Path) -> tuple[dict[str, list], dict[str, list]]:
+def _model(model_or_path) -> onnx.ModelProto:
+    if isinstance(model_or_path, onnx.ModelProto):
+        return model_or_path
+    return onnx.load(str(model_or_path), load_external_data=False)
+
+
+def graph_signature(model_or_path) -> tuple[dict[str, list], dict[str, list]]:
     """{name: [dtype, dims]} for the graph's inputs and outputs; symbolic dims as their names."""
-    model = onnx.load(str(path), load_external_data=False)
+    model = _model(model_or_path)
 
     def describe(values):
         out = {}
@@ -158,9 +164,9 @@ def assert_dynamic(path: Path, expected: dict[str, list[int]]) -> None:
                                  f"the exporter specialised them")
 
 
-def non_standard_ops(path: Path) -> list[str]:
+def non_standard_ops(model_or_path) -> list[str]:
     """Ops outside the standard ONNX domain (TensorRT's parser takes only standard ops)."""
-    model = onnx.load(str(path), load_external_data=False)
+    model = _model(model_or_path)
     found = {f"{node.domain}::{node.op_type}" for node in model.graph.node if node.domain not in STANDARD_DOMAINS}
     for function in model.functions:
         found |= {f"{node.domain}::{node.op_type}" for node in function.node if node.domain not in STANDARD_DOMAINS}

@@ -99,13 +99,13 @@ def export_bundle(model_dir: str | Path, out_dir: str | Path, config: ExportConf
                         "vision": f"vision.{config.vision_precision}",
                         "decoder": f"decoder.{p}"} for p in config.precisions}
         shutil.copyfile(model_dir / "tokenizer.json", staging / "tokenizer.json")
+        budgets, text = _budgets(model_dir, config), vars(TextGeometry.from_model(model)).copy()
         bundle = Bundle(model_name=model_dir.name, special_tokens=_special_tokens(reference),
-                        chat_template=_chat_template(model_dir), budgets=_budgets(model_dir, config),
-                        vision=graphs.pop("_vision_geometry"), text=vars(TextGeometry.from_model(model)).copy(),
+                        chat_template=_chat_template(model_dir), budgets=budgets,
+                        vision=graphs.pop("_vision_geometry"), text=text,
                         graphs={k: v for k, v in graphs.items()}, variants=variants,
                         default_variant=config.default_variant or _default_variant(config),
-                        providers=provider_options(config.target, staging, graphs, _budgets(model_dir, config),
-                                                   vars(TextGeometry.from_model(model)).copy()),
+                        providers=provider_options(config.target, staging, graphs, budgets, text),
                         exporter={"torch": torch.__version__, "onnx": onnx.__version__, "opset": 20,
                                   "target": config.target, "vision_precision": config.vision_precision,
                                   "random_weights": (model_dir / "tiny_spec.json").is_file(),

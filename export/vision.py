@@ -48,8 +48,10 @@ from torch import nn
 
 from cof_edge.vision_host import INPUT_NAMES, OUTPUT_NAME, VisionGeometry, feed, vision_inputs
 
+from .graphs import STANDARD_DOMAINS, graph_signature, non_standard_ops
+
 GEOMETRY_METADATA_KEY = "cof.vision_geometry"
-DEFAULT_DOMAINS = ("", "ai.onnx")
+
 # Example grids used to trace: two images (so segment ids vary), partial windows on both axes, and every dynamic
 # dim distinct from each other and from the static ones (size-1 and coinciding dims get specialised).
 EXAMPLE_GRIDS = ((1, 18, 26), (1, 10, 6))
@@ -189,33 +191,14 @@ class VisionExportInfo:
                 "opset": self.opset, "exporter": self.exporter, "geometry": self.geometry}
 
 
-_ONNX_DTYPES = {1: "float32", 7: "int64", 9: "bool", 10: "float16", 6: "int32", 16: "bfloat16"}
-
-
-def _value_info(vi) -> tuple[str, list]:
-    t = vi.type.tensor_type
-    dims = [d.dim_param if d.HasField("dim_param") else (d.dim_value if d.HasField("dim_value") else None)
-            for d in t.shape.dim]
-    return _ONNX_DTYPES.get(t.elem_type, str(t.elem_type)), dims
-
-
-def graph_contract(model) -> tuple[dict[str, tuple[str, list]], dict[str, tuple[str, list]]]:
-    """({input: (dtype, dims)}, {output: (dtype, dims)}) of an onnx.ModelProto."""
-    return ({vi.name: _value_info(vi) for vi in model.graph.input},
-            {vi.name: _value_info(vi) for vi in model.graph.output})
-
-
 def non_default_domain_nodes(model) -> list[str]:
-    """'domain::op_type' of every node (functions included) outside the default ONNX domain."""
-    bad = [f"{n.domain}::{n.op_type}" for n in model.graph.node if n.domain not in DEFAULT_DOMAINS]
-    for f in model.functions:
-        bad.append(f"function {f.domain}::{f.name}")
-    return bad
+    """Ops outside the default ONNX domain, and any local function left un-inlined."""
+    return non_standard_ops(model) + [f"function {f.domain}::{f.name}" for f in model.functions]
 
 
 def check_contract(model, geometry: VisionGeometry) -> None:
     """Raises if the exported graph does not have the contract's names, dtypes and symbolic dims."""
-    inputs, outputs = graph_contract(model)
+    inputs, outputs = graph_signature(model)
     expected = {
         "pixel_patches": ("float32", ["P", geometry.patch_dim]),
         "position_ids": ("int64", ["P", 2]),
@@ -307,7 +290,7 @@ def export_vision(model_dir_or_model, out_path: Path, opset: int = 20, check: bo
         onnx.checker.check_model(str(out_path)) if external else onnx.checker.check_model(model)
         check_contract(model, geo)
 
-    inputs, outputs = graph_contract(model)
+    inputs, outputs = graph_signature(model)
     size = out_path.stat().st_size
     if external and (out_path.parent / (out_path.name + ".data")).exists():
         size += (out_path.parent / (out_path.name + ".data")).stat().st_size
@@ -350,7 +333,7 @@ def _decompose_gelu(model) -> int:
         return consts[value]
 
     for node in graph.node:
-        if node.op_type != "Gelu" or node.domain not in DEFAULT_DOMAINS:
+        if node.op_type != "Gelu" or node.domain not in STANDARD_DOMAINS:
             new_nodes.append(node)
             continue
         count += 1
@@ -432,6 +415,6 @@ def run_vision_onnx(path_or_session, pixel_values, grid_thw, geometry=None, thre
 
 __all__ = [
     "VisionExportWrapper", "VisionExportInfo", "export_vision", "run_vision_onnx", "make_session",
-    "session_geometry", "graph_contract", "check_contract", "non_default_domain_nodes", "vision_tower",
+    "session_geometry", "check_contract", "non_default_domain_nodes", "vision_tower",
     "geometry_from_config", "example_inputs", "EXAMPLE_GRIDS", "GEOMETRY_METADATA_KEY",
 ]

@@ -54,6 +54,14 @@ def photo_like(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
+def run_chain(engine, image, question=QUESTION, **options):
+    """A whole question through `step()`, keeping the state (token ids, session) that `ask()` hides."""
+    state = engine.start(image, question, **options)
+    while not state.done:
+        engine.step(state)
+    return state
+
+
 def zoom_reply(box):
     call = {"name": "image_zoom_in_tool", "arguments": {"bbox_2d": box, "label": "red tag"}}
     return f"<think>The tag is small; zoom in.</think> <tool_call>\n{json.dumps(call)}\n</tool_call>"

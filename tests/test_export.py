@@ -20,10 +20,8 @@ from cof_export import parity  # noqa: E402
 from cof_export.graphs import non_standard_ops  # noqa: E402
 from cof_export.pipeline import ExportConfig, ParityError, export_bundle  # noqa: E402
 
-from conftest import photo_like  # noqa: E402
+from conftest import photo_like, run_chain  # noqa: E402
 
-QUESTION = "What symbol is on the red tag?\n(A) circle\n(B) star\n(C) heart\n(D) arrow\n" \
-           "Answer with the option's letter from the given choices directly."
 from conftest import BUNDLE_PRECISIONS as PRECISIONS  # noqa: E402
 
 
@@ -50,10 +48,7 @@ def test_fp32_bundle_answers_exactly_like_transformers(bundles, tiny_models, tok
     runs = {}
     for name, engine in (("ort", FocusEngine.load(bundles[tokenizer], variant="fp32")),
                          ("hf", FocusEngine.from_pretrained(tiny_models[tokenizer]))):
-        state = engine.start(image, QUESTION, max_new_tokens=20)
-        while not state.done:
-            engine.step(state)
-        runs[name] = state
+        runs[name] = run_chain(engine, image, max_new_tokens=20)
     assert runs["ort"].token_ids == runs["hf"].token_ids
     assert runs["ort"].result.answer == runs["hf"].result.answer
     assert [s.crop_region for s in runs["ort"].result.steps] == [s.crop_region for s in runs["hf"].result.steps]

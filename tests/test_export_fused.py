@@ -11,10 +11,7 @@ from cof_edge.engine import FocusEngine  # noqa: E402
 from cof_export.graphs import graph_signature, non_standard_ops  # noqa: E402
 from cof_export.pipeline import ExportConfig, export_bundle  # noqa: E402
 
-from conftest import photo_like  # noqa: E402
-
-QUESTION = "What symbol is on the red tag?\n(A) circle\n(B) star\n(C) heart\n(D) arrow\n" \
-           "Answer with the option's letter from the given choices directly."
+from conftest import photo_like, run_chain  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -65,9 +62,6 @@ def test_fused_bundle_answers_exactly_like_transformers(fused_bundle, tiny_model
     runs = {}
     for name, engine in (("ort", FocusEngine.load(fused_bundle, variant="fp32-fused")),
                          ("hf", FocusEngine.from_pretrained(tiny_models["small"]))):
-        state = engine.start(image, QUESTION, max_new_tokens=20)
-        while not state.done:
-            engine.step(state)
-        runs[name] = state
+        runs[name] = run_chain(engine, image, max_new_tokens=20)
     assert runs["ort"].token_ids == runs["hf"].token_ids
     assert runs["ort"].result.answer == runs["hf"].result.answer

@@ -11,16 +11,9 @@ from cof_edge.crop_cache import CropCache
 from cof_edge.engine import FocusEngine
 from cof_edge.protocol import crop_turn_prompt, opening_prompt
 
-from conftest import QUESTION, ScriptedEngine, photo_like, zoom_reply
+from conftest import QUESTION, ScriptedEngine, photo_like, run_chain, zoom_reply
 
 ZOOMS = [zoom_reply([100, 80, 180, 140]), zoom_reply([300, 200, 340, 230])]
-
-
-def run_chain(engine, image, **options):
-    state = engine.start(image, QUESTION, **options)
-    while not state.done:
-        engine.step(state)
-    return state
 
 
 @pytest.mark.parametrize("tokenizer", ["small", "qwen"])

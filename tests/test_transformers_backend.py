@@ -10,7 +10,7 @@ from cof_edge.engine import FocusEngine  # noqa: E402
 from cof_edge.mrope import MRopeCursor  # noqa: E402
 from cof_edge.protocol import crop_turn_prompt, opening_prompt  # noqa: E402
 
-from conftest import QUESTION, ScriptedEngine, photo_like, zoom_reply  # noqa: E402
+from conftest import QUESTION, ScriptedEngine, photo_like, run_chain, zoom_reply  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +66,7 @@ def test_two_zooms_prefill_only_new_tokens_and_cache_equals_uncached(engines, to
 
     # Run the same chain again, keeping the state, to compare the cache with one uncached forward pass.
     engine.replies = [zoom_reply([100, 80, 180, 140]), zoom_reply([300, 200, 340, 230]), "<answer>B</answer>"]
-    state = engine.start(image, QUESTION, max_zooms=2)
-    while not state.done:
-        engine.step(state)
+    state = run_chain(engine, image, max_zooms=2)
     session = state.session
     assert session.cached_tokens == len(state.token_ids) - 1 == sum(s.prompt_tokens for s in state.result.steps) \
         + sum(s.new_tokens - 1 for s in state.result.steps)
