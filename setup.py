@@ -54,7 +54,7 @@ def _compile_args() -> list[str]:
 ext = Extension(
     "cof_edge._preprocess",
     sources=["cpp_ext/preprocess.cpp"],
-    depends=["cpp_ext/kernels.inc"],
+    depends=["cpp_ext/kernels.inc", "cpp_ext/madd_kernels.inc"],
     language="c++",
     extra_compile_args=_compile_args(),
     extra_link_args=[] if sys.platform == "win32" else ["-pthread"],

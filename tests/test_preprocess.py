@@ -175,17 +175,27 @@ def test_native_follows_either_pillow_pass_order(order):
 @needs_native
 @pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
 def test_every_kernel_variant_is_exact(isa):
-    """The portable kernels (what ARM builds use) and each x86 variant give Pillow's pixels."""
+    """The portable kernels (what ARM builds use) and each x86 variant give Pillow's pixels: odd and tiny
+    widths (partial tap groups, row ends inside a vector), many taps, single-tap weights of 1.0 (the
+    largest weight digits), both pass orders, and a large patch output (written with streaming stores)."""
     r = _run(
         """
         import numpy as np
         from PIL import Image
         from cof_edge import preprocess as pp
         rng = np.random.default_rng(7)
-        for h, w, oh, ow in [(97, 203, 56, 84), (203, 97, 84, 56), (33, 57, 100, 140), (400, 300, 150, 290)]:
-            img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-            ref = np.asarray(Image.fromarray(img).resize((ow, oh), Image.Resampling.BICUBIC))
-            assert np.array_equal(pp.resize_u8(img, (oh, ow), threads=2), ref), (h, w, oh, ow)
+        for h, w, oh, ow in [(97, 203, 56, 84), (203, 97, 84, 56), (33, 57, 100, 140), (400, 300, 150, 290),
+                             (1, 1, 5, 7), (5, 3, 2, 100), (2, 17, 31, 2), (61, 1000, 9, 13), (1000, 61, 13, 9),
+                             (9, 4000, 9, 131), (37, 19, 37, 38), (300, 4, 299, 1)]:
+            for img in (rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
+                        np.where(rng.random((h, w, 1)) < 0.5, 0, 255).astype(np.uint8).repeat(3, axis=2)):
+                ref = np.asarray(Image.fromarray(img).resize((ow, oh), Image.Resampling.BICUBIC))
+                assert np.array_equal(pp.resize_u8(img, (oh, ow), threads=2), ref), (h, w, oh, ow)
+        img = rng.integers(0, 256, (1100, 1900, 3), dtype=np.uint8)
+        for box in [None, (3, 5, 1900, 1100)]:
+            out_hw = pp.target_hw(1100, 1900, 56 * 56, 28 * 28 * 1280)
+            assert np.array_equal(pp.preprocess(img, out_hw, box, backend="native", threads=2)[0],
+                                  pp.preprocess(img, out_hw, box, backend="numpy")[0]), box
         print(pp._native.ISA)
         """,
         COF_EDGE_PREPROCESS_ISA=isa,
