@@ -11,8 +11,8 @@ to each long side of `--resolutions`. Methods:
 * `no_zoom`: the global view only (`max_zooms` 0), with answer forcing: a `<tool_call>` the model starts is turned
   into `<answer>` (as training/evaluate.py does), so the letter is its best guess from the global view;
 * `full_res`: one view of the whole image at its native resolution (`global_max_pixels` = its pixel count), no
-  zoom, the same answer forcing. Skipped (null, with the reason) where one view would need more than
-  `--max-attention-gb` in the vision graph's full-attention layers.
+  zoom, the same answer forcing. Skipped (null, with the reason) for views over `--max-full-res-tokens` (the
+  vision graph's full attention runs in bounded memory, but its time grows with the square of the view).
 Scored with `cof_edge.actions.answer_letter` against the label; split by category (attribute / spatial).
 Writes `accuracy_bundle[-TAG].json` and `.png` under `--out` (atomically, also every few questions as it goes).
 The LAST line printed is a one-line JSON summary.
@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (DEFAULT_BUNDLE, EVAL_SEED, RESULTS, full_res_overrides, machine, make_direct_answer_engine,  # noqa: E402
-                    progress, say, vision_attention_gb)
+                    progress, say)
 
 from cof_edge import FocusEngine  # noqa: E402
 from cof_edge.actions import answer_letter  # noqa: E402
@@ -145,7 +145,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-new-tokens", type=int, default=96, help="per turn (as training/evaluate.py)")
     parser.add_argument("--recipe", type=Path, default=None,
                         help="a RECIPE.json whose ask_options (budgets) replace the bundle's")
-    parser.add_argument("--max-attention-gb", type=float, default=4.0)
+    parser.add_argument("--max-full-res-tokens", type=int, default=None,
+                        help="skip full_res views of more visual tokens (default: none skipped)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--tag", default="", help="writes accuracy_bundle-TAG.json")
@@ -162,7 +163,6 @@ def main(argv: list[str] | None = None) -> dict:
         cof.options = cof.options.with_overrides(**budgets)
     direct = make_direct_answer_engine()(cof.backend, cof.options, crop_cache=cof.crop_cache)
     bundle = cof.backend.bundle
-    heads = bundle.vision.get("num_heads", 1)
     items = questions(args)
     source = f"V* layout {args.vstar}" if args.vstar else f"vsearch held-out (seed {args.seed})"
     say(f"accuracy: {len(items)} questions × {len(resolutions)} resolutions × {args.methods} on {args.bundle} "
@@ -198,11 +198,9 @@ def main(argv: list[str] | None = None) -> dict:
                         extra = full_res_overrides(image.size, cof.options)
                         tokens = global_view(image.size, cof.options.global_min_pixels,
                                              extra["global_max_pixels"]).visual_tokens
-                        need = vision_attention_gb(tokens, heads)
-                        if need > args.max_attention_gb:
+                        if args.max_full_res_tokens is not None and tokens > args.max_full_res_tokens:
                             tally.skipped[method][str(res)] = (
-                                f"one {tokens}-token view needs ~{need:.0f} GB in the vision graph's full-attention "
-                                f"layers (over --max-attention-gb {args.max_attention_gb})")
+                                f"one {tokens}-token view is over --max-full-res-tokens {args.max_full_res_tokens}")
                             continue
                     result = direct.ask(image, text, max_new_tokens=args.max_new_tokens, **extra)
                 tally.add(method, res, category, answer_letter(result.answer) == label, result)

@@ -145,13 +145,6 @@ def full_res_overrides(image_size: tuple[int, int], options) -> dict:
     return {"global_max_pixels": pixels, "max_zooms": 0}
 
 
-def vision_attention_gb(visual_tokens: int, heads: int, merge: int = 2) -> float:
-    """Rough peak of the ONNX vision graph's full-attention layers for one view: the block-diagonal mask and the
-    attention scores are [patches, patches] (per head), float32. A 3840x2160 view is 42,196 patches: ~14 GB/head."""
-    patches = visual_tokens * merge * merge
-    return patches * patches * 4 * (heads + 1) / 2**30
-
-
 def load_json(path: Path) -> dict | None:
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))

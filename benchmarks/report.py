@@ -117,7 +117,7 @@ def latency_section(name: str, data: dict, limits: dict | None) -> list[str]:
     acc_ok = None if acc["delta"] is None else acc["delta"] >= 0
     out += ["Targets (issue #4):", "",
             "| target | measured | verdict |", "|---|---|---|",
-            _row([f"int8 ≥ 3× faster than transformers on the ~300M config",
+            _row(["int8 ≥ 3× faster than transformers on the ~300M config",
                   f"{fmt(head['int8_vs_transformers_speedup'], 2)}× (`{head['model']}`, `ort_{head['int8_variant']}`; "
                   f"median over resolutions of the per-question ratio"
                   + ("" if head["model"] == "qwen300m" else "; not the ~300M config") + ")", _verdict(speed_ok)]),

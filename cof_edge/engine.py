@@ -12,7 +12,7 @@ from .crop_cache import CropCache
 from .generate import decode_greedy, prefill
 from .geometry import PATCH, CropError, View, global_view, plan_crop
 from .images import SourceImage, load_image
-from .options import AskOptions
+from .options import AskOptions, trained_options
 from .protocol import TokenLayout, crop_turn_prompt, opening_prompt
 from .result import FocusResult, StepTrace
 from .state import FocusState
@@ -40,8 +40,9 @@ class FocusEngine:
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, backend: str = "transformers", options: AskOptions | None = None,
                         **backend_kwargs) -> "FocusEngine":
-        """A Hugging Face checkpoint directory, run by the named backend (`transformers`)."""
-        return cls(load_backend(backend, model_dir, **backend_kwargs), options)
+        """A Hugging Face checkpoint directory, run by the named backend (`transformers`). A checkpoint trained by
+        `cof_training` carries the pixel budgets it was trained with (RECIPE.json `ask_options`): the defaults."""
+        return cls(load_backend(backend, model_dir, **backend_kwargs), options or trained_options(model_dir))
 
     def ask(self, image, question: str, on_step: StepCallback | None = None, **overrides) -> FocusResult:
         """The whole question: turns until an answer or a bound. `overrides` replace `AskOptions` fields."""

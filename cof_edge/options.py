@@ -53,3 +53,14 @@ class AskOptions:
         if unknown:
             raise TypeError(f"unknown option(s) {unknown}; known: {sorted(known)}")
         return dataclasses.replace(self, **overrides) if overrides else self
+
+
+def trained_options(model_dir) -> AskOptions:
+    """The options a `cof_training` checkpoint was trained with (its RECIPE.json `ask_options`); else defaults."""
+    import json
+    from pathlib import Path
+
+    recipe = Path(model_dir) / "RECIPE.json"
+    if not recipe.is_file():
+        return AskOptions()
+    return AskOptions().with_overrides(**json.loads(recipe.read_text(encoding="utf-8")).get("ask_options", {}))

@@ -64,7 +64,56 @@ def _fp16(source: Path, out: Path, kind: str, settings: QuantSettings) -> None:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True, op_block_list=FP16_KEEP_FP32)
-    _save(model, out)
+    _save(_move_casts_into_subgraphs(model), out)
+
+
+def _subgraphs(graph: onnx.GraphProto):
+    for node in graph.node:
+        for attr in node.attribute:
+            for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else []) + list(attr.graphs):
+                yield g
+                yield from _subgraphs(g)
+
+
+def _move_casts_into_subgraphs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`convert_float_to_float16` appends the Casts around kept-fp32 nodes to the MAIN graph even when the node sits
+    in a Scan/Loop/If body (the vision graph's chunked full attention), which ORT rejects: move each such Cast into
+    the body that produces its input, then restore topological order there."""
+    main = model.graph
+    main_names = {i.name for i in main.input} | {t.name for t in main.initializer} | {o for n in main.node for o in n.output}
+    owners = {}
+    for g in _subgraphs(main):
+        owners.update({o: g for n in g.node for o in n.output})
+        owners.update({i.name: g for i in g.input})
+    keep = []
+    for node in main.node:
+        source = node.input[0] if node.input else ""
+        if node.op_type == "Cast" and source not in main_names and source in owners:
+            owners[source].node.append(node)
+        else:
+            keep.append(node)
+    del main.node[:]
+    main.node.extend(keep)
+    for g in _subgraphs(main):
+        _topological_sort(g)
+    return model
+
+
+def _topological_sort(graph: onnx.GraphProto) -> None:
+    local = {o for n in graph.node for o in n.output}
+    ready = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    pending, ordered = list(graph.node), []
+    while pending:
+        rest = [n for n in pending if not all(not i or i not in local or i in ready for i in n.input)]
+        for n in pending:
+            if n not in rest:
+                ordered.append(n)
+                ready.update(n.output)
+        if len(rest) == len(pending):
+            raise ValueError(f"graph {graph.name!r} has a cycle")
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)
 
 
 def _save(model: onnx.ModelProto, out: Path) -> None:

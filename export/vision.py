@@ -10,7 +10,8 @@ data-dependent parts:
 * windowed layers gather each window's tokens into ``[num_windows, 64]`` (8x8 patches), run attention with a key
   mask (partial windows at the right/bottom edges are padded), and gather back (``window_scatter``);
 * full-attention layers run over all patches with a block-diagonal mask (``segment_ids`` equal), so several
-  images/frames can share one call exactly as HF's ``cu_seqlens`` splits them.
+  images/frames can share one call exactly as HF's ``cu_seqlens`` splits them; the queries go a block at a time
+  through an ONNX ``Scan`` (see below), so no [N, N] tensor is ever built.
 
 Tokens stay in the processor's order throughout (the windows are gathered from it), so the merged output needs no
 reverse permutation: row i of ``image_embeds`` is HF's ``pooler_output`` row i.
@@ -28,8 +29,19 @@ Graph contract (opset 20, default ONNX domain only)::
 The patch dim is exported as the derived dimension ``4 * num_tokens`` (the merger's reshape needs the patch count
 to be a multiple of the merge unit; a free ``num_patches`` dim fails that guard); the exporter writes it as
 ``4*num_tokens`` and ``_rename_dims`` renames it ``num_patches`` (and the output's dim ``num_tokens``).
-The window dim is free. Full-attention layers materialise [heads, N, N] scores (as HF's eager/SDPA path does):
-fine for crops, ~1.7 GB fp32 per layer for a 5k-patch global view of the 7B tower (16 heads).
+The window dim is free.
+
+Full-attention memory is bounded for any N: ``_full_attention`` pads the N queries to K * R rows (repeating the
+last query), K = ceil(heads * N^2 / ATTENTION_CHUNK_ELEMENTS) and R = ceil(N / K) both computed in the graph from
+N, and runs a ``Scan`` over the K blocks. Each step builds its own [R, N] mask from ``segment_ids``, [heads, R, N]
+scores, softmax, times V: ~2^24 fp32 scores (64 MB; at least one row, heads * N) whatever N is, freed before the
+next step. Small views (heads * N^2 <= 2^24: N <= 2896 with 2 heads, 1024 with 16) are one block, as before, and
+the result is exact either way (softmax rows stay whole). The unchunked graph held several [heads, N, N] fp32
+tensors: ~14 GB each at 3840x2160 (42,196 patches, 2 heads), ~1.6 GB for a 5k-patch view of the 7B tower (16
+heads); the chunked one runs the default model's tower on that 3840x2160 image with ~0.75 GB of peak RSS growth.
+The exporter turns ``torch._higher_order_ops.scan`` into ``Scan`` (default domain). Its body is a subgraph, so a
+graph rewrite must descend into it: ORT's ``convert_float_to_float16`` appends the Casts around a blocked Softmax
+to the main graph, and they must be moved into the body.
 """
 
 from __future__ import annotations
@@ -45,6 +57,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch._higher_order_ops import scan
 
 from cof_edge.vision_host import INPUT_NAMES, OUTPUT_NAME, VisionGeometry, feed, vision_inputs
 
@@ -55,6 +68,10 @@ GEOMETRY_METADATA_KEY = "cof.vision_geometry"
 # Example grids used to trace: two images (so segment ids vary), partial windows on both axes, and every dynamic
 # dim distinct from each other and from the static ones (size-1 and coinciding dims get specialised).
 EXAMPLE_GRIDS = ((1, 18, 26), (1, 10, 6))
+# Full-attention layers hold about this many fp32 scores at once (heads * query rows * patches): 64 MB per
+# tensor. Measured at 20,736 patches (2 heads): 2^23 / 2^24 / 2^25 grew peak RSS by 374 / 488 / 755 MB, with run
+# times within noise of each other.
+ATTENTION_CHUNK_ELEMENTS = 1 << 24
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -66,7 +83,7 @@ class VisionExportWrapper(nn.Module):
     """forward(pixel_patches, position_ids, window_gather, window_mask, window_scatter, segment_ids) ->
     image_embeds [num_patches / 4, out_hidden], computed with the HF tower's own submodules."""
 
-    def __init__(self, visual: nn.Module):
+    def __init__(self, visual: nn.Module, chunk_elements: int = ATTENTION_CHUNK_ELEMENTS):
         super().__init__()
         self.visual = visual
         cfg = visual.config
@@ -75,19 +92,20 @@ class VisionExportWrapper(nn.Module):
         self.head_dim = self.hidden // self.num_heads
         self.full_layers = frozenset(int(i) for i in cfg.fullatt_block_indexes)
         self.geometry = geometry_from_config(cfg)
+        self.chunk_elements = int(chunk_elements)
 
     def forward(self, pixel_patches, position_ids, window_gather, window_mask, window_scatter, segment_ids):
         v = self.visual
         x = v.patch_embed(pixel_patches)                                      # [N, C]
         cos, sin = v.rotary_pos_emb(x, position_ids)                          # [N, head_dim] each
         cos, sin = cos[:, None, :].float(), sin[:, None, :].float()          # broadcast over heads
-        # Masks: True = may attend. Windowed: key slot holds a real token. Full: same image/frame.
+        # Masks: True = may attend. Windowed: key slot holds a real token. Full: same image/frame (built per block
+        # of queries inside _full_attention, never as an [N, N] tensor).
         window_keys = window_mask[:, None, None, :]                           # [W, 1, 1, 64]
-        same_segment = (segment_ids[:, None] == segment_ids[None, :])[None]   # [1, N, N]
         for i, blk in enumerate(v.blocks):
             h = blk.norm1(x)
             if i in self.full_layers:
-                a = self._full_attention(blk.attn, h, cos, sin, same_segment)
+                a = self._full_attention(blk.attn, h, cos, sin, segment_ids)
             else:
                 a = self._window_attention(blk.attn, h, cos, sin, window_gather, window_keys, window_scatter)
             x = x + a
@@ -104,17 +122,40 @@ class VisionExportWrapper(nn.Module):
         return q, k, v
 
     @staticmethod
-    def _attend(q, k, v, allowed, scale):
-        scores = torch.matmul(q, k.transpose(-1, -2)) * scale
-        scores = scores.masked_fill(~allowed, float("-inf"))  # every query keeps >= 1 key: no all -inf rows
+    def _attend(q, k_t, v, allowed, scale):
+        """softmax(q k^T * scale, masked) v with k_t = k^T: [..., Q, D] x [..., D, K] x [..., K, D]."""
+        scores = torch.matmul(q, k_t) * scale
+        # One Where, no Not. Every query keeps >= 1 key: no all -inf rows.
+        scores = torch.where(allowed, scores, float("-inf"))
         probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
         return torch.matmul(probs, v)
 
-    def _full_attention(self, attn, h, cos, sin, same_segment):
+    def _full_attention(self, attn, h, cos, sin, segment_ids):
+        """Exact attention over all N patches (block-diagonal by segment), K blocks of R query rows at a time
+        (an ONNX Scan whose trip count K is computed from N in the graph): each step holds [H, R, N] scores /
+        probs and an [R, N] mask, where K = ceil(H N^2 / chunk_elements) and R = ceil(N / K), so H * R * N stays
+        under chunk_elements + H * N for any N. The queries are padded to K * R rows by repeating the last one
+        (a real query: no all-masked row, no NaN); the padded rows are dropped."""
         n = h.shape[0]
-        q, k, v = (t.transpose(0, 1) for t in self._qkv(attn, h, cos, sin))          # [H, N, D]
-        o = self._attend(q, k, v, same_segment, attn.scaling)                         # [H, N, D]
-        return attn.proj(o.transpose(0, 1).reshape(n, self.hidden))
+        heads, dim = self.num_heads, self.head_dim
+        q, k, v = self._qkv(attn, h, cos, sin)                                        # [N, H, D] each
+        chunks = (heads * n * n + self.chunk_elements - 1) // self.chunk_elements    # K
+        rows = (n + chunks - 1) // chunks                                             # R
+        idx = torch.arange(chunks * rows, device=h.device).clamp_max(n - 1)
+        q_blocks = q.index_select(0, idx).reshape(chunks, rows, heads, dim).permute(0, 2, 1, 3)  # [K, H, R, D]
+        seg_blocks = segment_ids.index_select(0, idx).reshape(chunks, rows)                      # [K, R]
+        k_t = k.permute(1, 2, 0)                                                      # [H, D, N], once per layer
+        v = v.transpose(0, 1)                                                         # [H, N, D]
+
+        def step(carry, block):
+            q_c, seg_c = block
+            allowed = (seg_c[:, None] == segment_ids[None, :])[None]                  # [1, R, N]
+            return carry.clone(), self._attend(q_c, k_t, v, allowed, attn.scaling)    # [H, R, D]
+
+        carry = torch.zeros((), dtype=q.dtype, device=h.device)                      # scan wants one; unused
+        _, o = scan(step, carry, (q_blocks, seg_blocks))                              # [K, H, R, D]
+        o = o.permute(0, 2, 1, 3).reshape(chunks * rows, self.hidden)[:n]
+        return attn.proj(o)
 
     def _window_attention(self, attn, h, cos, sin, window_gather, window_keys, window_scatter):
         q, k, v = self._qkv(attn, h, cos, sin)
@@ -123,7 +164,7 @@ class VisionExportWrapper(nn.Module):
         qkv = qkv.index_select(0, window_gather.reshape(-1))                 # one Gather: [W*64, 3, H, D]
         qkv = qkv.reshape(n_win, n_slot, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                       # [W, H, 64, D]
-        o = self._attend(q, k, v, window_keys, attn.scaling)                 # [W, H, 64, D]
+        o = self._attend(q, k.transpose(-1, -2), v, window_keys, attn.scaling)      # [W, H, 64, D]
         o = o.permute(0, 2, 1, 3).reshape(n_win * n_slot, self.hidden)       # padded layout, flat
         return attn.proj(o.index_select(0, window_scatter))                  # back to token order [N, C]
 
@@ -235,9 +276,11 @@ def check_contract(model, geometry: VisionGeometry) -> None:
 
 
 def export_vision(model_dir_or_model, out_path: Path, opset: int = 20, check: bool = True,
-                  external_data: bool | None = None) -> VisionExportInfo:
+                  external_data: bool | None = None,
+                  chunk_elements: int = ATTENTION_CHUNK_ELEMENTS) -> VisionExportInfo:
     """Exports the vision tower to ``out_path`` (torch.onnx dynamo exporter) and checks the graph contract.
-    ``external_data``: weights in ``<out_path>.data`` beside the graph; None = only when over ~1.8 GB."""
+    ``external_data``: weights in ``<out_path>.data`` beside the graph; None = only when over ~1.8 GB.
+    ``chunk_elements``: the full-attention layers' score budget (``VisionExportWrapper``), baked into the graph."""
     import onnx
 
     out_path = Path(out_path)
@@ -245,7 +288,7 @@ def export_vision(model_dir_or_model, out_path: Path, opset: int = 20, check: bo
     visual = vision_tower(model_dir_or_model)
     if next(visual.parameters()).dtype != torch.float32:
         visual = visual.float()
-    wrapper = VisionExportWrapper(visual).eval()
+    wrapper = VisionExportWrapper(visual, chunk_elements=chunk_elements).eval()
     geo = wrapper.geometry
     args = example_inputs(geo)
 
@@ -278,6 +321,7 @@ def export_vision(model_dir_or_model, out_path: Path, opset: int = 20, check: bo
         notes.append("inlined local functions")
     if _decompose_gelu(model):
         notes.append("Gelu (opset 20) rewritten as Div/Erf/Add/Mul for parsers without opset-20 Gelu")
+    _drop_unused_initializers(model)  # the exporter leaves one behind with the Scan (ORT warns on every load)
     _rename_dims(model)
     meta = {p.key: p.value for p in model.metadata_props}
     meta[GEOMETRY_METADATA_KEY] = json.dumps(geo.to_dict(), sort_keys=True)
@@ -362,6 +406,29 @@ def _decompose_gelu(model) -> int:
         del graph.node[:]
         graph.node.extend(new_nodes)
     return count
+
+
+def _drop_unused_initializers(model) -> int:
+    """Removes main-graph initializers that no node reads, subgraphs included (bodies read outer-scope names)."""
+    import onnx
+
+    def nodes(graph):
+        for node in graph.node:
+            yield node
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    yield from nodes(attr.g)
+                for g in attr.graphs:
+                    yield from nodes(g)
+
+    graph = model.graph
+    used = {name for node in nodes(graph) for name in node.input} | {o.name for o in graph.output}
+    keep = [t for t in graph.initializer if t.name in used]
+    dropped = len(graph.initializer) - len(keep)
+    if dropped:
+        del graph.initializer[:]
+        graph.initializer.extend(keep)
+    return dropped
 
 
 def _rename_dims(model) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 import copy
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +27,11 @@ from transformers.vision_utils import (  # noqa: E402
 )
 
 from cof_edge import vision_host  # noqa: E402
-from cof_edge.vision_host import VisionGeometry, feed, vision_inputs, window_layout  # noqa: E402
+from cof_edge.vision_host import INPUT_NAMES, VisionGeometry, feed, vision_inputs, window_layout  # noqa: E402
 from cof_export.vision import (  # noqa: E402
+    ATTENTION_CHUNK_ELEMENTS,
     GEOMETRY_METADATA_KEY,
+    VisionExportWrapper,
     check_contract,
     export_vision,
     make_session,
@@ -193,6 +197,73 @@ def test_window_padding_is_masked(exported):
     one_segment = dict(base)
     one_segment["segment_ids"] = np.arange(pixel_values.shape[0], dtype=np.int64)  # attend to self only
     assert np.abs(session.run(None, one_segment)[0] - ref).max() > 1e-3
+
+
+@pytest.mark.parametrize("chunk_elements", [ATTENTION_CHUNK_ELEMENTS, 20_000, 3_000, 1_000])
+def test_chunked_full_attention_matches_hf(exported, chunk_elements):
+    """The wrapper's full attention, a block of queries at a time, gives HF's result for any number of blocks
+    (here 1, 4, 24 and 71 blocks over 188 patches, the queries padded by 0, 0, 4 and 25 rows), with block edges
+    cutting through images and frames."""
+    visual = exported["visual"]
+    grids = np.array([[1, 10, 6], [2, 6, 10], [1, 4, 2]])
+    n = int(np.prod(grids, axis=1).sum())
+    pixels = torch.from_numpy(np.random.default_rng(8).standard_normal((n, 1176)).astype(np.float32))
+    host = vision_inputs(grids, GEO)
+    wrapper = VisionExportWrapper(visual, chunk_elements=chunk_elements).eval()
+    with torch.no_grad():
+        out = wrapper(pixels, *(torch.from_numpy(host[name]) for name in INPUT_NAMES[1:])).numpy()
+    assert np.abs(out - _reference(visual, pixels, torch.from_numpy(grids))).max() <= TOL
+
+
+_PEAK_RSS_RUN = """
+import sys, numpy as np, onnxruntime as ort
+
+def status(field):  # bytes
+    return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(field + ":"))
+
+so = ort.SessionOptions(); so.intra_op_num_threads = 1; so.inter_op_num_threads = 1
+session = ort.InferenceSession(sys.argv[1], so, providers=["CPUExecutionProvider"])
+inputs = dict(np.load(sys.argv[2]))
+before = status("VmRSS")
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # resets the peak (VmHWM) to the current RSS
+(out,) = session.run(None, inputs)
+np.save(sys.argv[3], out)
+print(status("VmHWM") - before)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="measures peak RSS with Linux's /proc")
+def test_full_attention_memory_is_bounded(exported, tmp_path):
+    """~20k patches in one call (three images, one of them two frames): the graph's peak memory growth stays far
+    under one [heads, N, N] fp32 score tensor (what the unchunked full-attention layers held, several times
+    over), and the embeddings still equal HF's."""
+    grids = np.array([[1, 128, 136], [1, 38, 42], [2, 16, 22]])
+    n = int(np.prod(grids, axis=1).sum())                                      # 19,708 patches
+    pixels = np.random.default_rng(7).standard_normal((n, 1176)).astype(np.float32)
+    np.savez(tmp_path / "inputs.npz", **feed(pixels, grids, GEO))
+    run = subprocess.run([sys.executable, "-c", _PEAK_RSS_RUN, str(exported["info"].path),
+                          str(tmp_path / "inputs.npz"), str(tmp_path / "out.npy")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    growth = int(run.stdout.split()[-1])
+    dense_scores = GEO.num_heads * n * n * 4                                  # 3.1 GB
+    assert growth < dense_scores / 4, f"peak RSS grew {growth / 2**20:.0f} MiB running {n} patches"
+    ref = _reference(exported["visual"], torch.from_numpy(pixels), torch.from_numpy(grids))
+    assert np.abs(np.load(tmp_path / "out.npy") - ref).max() <= TOL
+
+
+def test_fp16_conversion_runs(exported, tmp_path):
+    """onnxruntime's convert_float_to_float16 puts the Casts around the Scan body's Softmax into the main graph;
+    cof_export moves them into the body, or ORT rejects the graph."""
+    from cof_export.quantize import QuantSettings, quantize_graph
+
+    out = tmp_path / "vision.fp16.onnx"
+    quantize_graph("fp16", exported["info"].path, out, "vision", QuantSettings())
+    pixel_values, grid_thw = _pixels(exported["proc"], 252, 364, seed=9)
+    ref = _reference(exported["visual"], pixel_values, grid_thw)
+    got = run_vision_onnx(make_session(out, threads=1), pixel_values, grid_thw)
+    assert np.abs(got - ref).max() <= 1e-2 * np.abs(ref).max()
 
 
 # ---------------------------------------------------------------- graph contract

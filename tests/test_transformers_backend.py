@@ -122,3 +122,20 @@ def test_views_equal_what_the_hf_processor_makes_of_the_original(engines, size):
     reference = processor(images=[state.source.image], return_tensors="pt")
     assert grid.tolist() == reference["image_grid_thw"].tolist()
     torch.testing.assert_close(ours, reference["pixel_values"], atol=0, rtol=0)
+
+
+def test_from_pretrained_takes_the_budgets_the_checkpoint_was_trained_with(tiny_models, tmp_path):
+    import json
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_models["small"], model)
+    assert FocusEngine.from_pretrained(model).options.global_max_pixels == 256 * 28 * 28  # no recipe: defaults
+    budgets = {"global_min_pixels": 112 * 112, "global_max_pixels": 448 * 252, "crop_min_pixels": 112 * 112,
+               "crop_max_pixels": 336 * 336}
+    (model / "RECIPE.json").write_text(json.dumps({"ask_options": budgets}))
+    engine = FocusEngine.from_pretrained(model)
+    assert {k: getattr(engine.options, k) for k in budgets} == budgets
+    image = photo_like(1080, 1920)
+    result = engine.ask(image, QUESTION, max_zooms=0, max_new_tokens=2)
+    assert result.steps[0].view_size == (448, 252)

@@ -7,11 +7,13 @@ Methods:
 * `sft` / `rl`: CoF, the model zooms as it likes (`max_zooms` 2 by default).
 * `no_zoom`: the same model answering from the global view only: `max_zooms=0` plus *answer forcing* in greedy
   decoding (`DirectAnswerEngine`): after `</think>` the tokens of ` <answer` (as trained) are forced, then the
-  option letter with the highest logit, and `<tool_call>` is banned, so the letter is the model's own best guess from the global view (a model trained to
-  zoom would otherwise just end on `max_zooms` with no answer). Its `<think>` text is its own.
+  option letter with the highest logit, and `<tool_call>` is banned, so the letter is the model's own best guess
+  from the global view (a model trained to zoom would otherwise just end on `max_zooms` with no answer). Its
+  `<think>` text is its own.
 * `full_res` is not run for the default model (it never saw views beyond its budget); null in the JSON.
-The budgets are the model's RECIPE.json `ask_options` (what it was trained with). Images: held-out scenes
-(`--seed`, default 777, different from training's 1000) rendered at 3840x2160 and resized (LANCZOS) to each long side.
+The budgets are the model's RECIPE.json `ask_options` (what it was trained with; `FocusEngine.from_pretrained`
+reads them). Images: held-out scenes (`--seed`, default 777, different from training's 1000) rendered at 3840x2160
+and resized (LANCZOS) to each long side.
 Partial results (`--out` of one method) merge into one file with `--merge a.json b.json --out c.json`.
 """
 
@@ -99,7 +101,7 @@ def evaluate(model_dir, methods, n: int, seed: int = 777, resolutions=RESOLUTION
             image = resize_to_long_side(sample.image, res)
             for m in methods:
                 zooms = 0 if m == "no_zoom" else max_zooms
-                result = engines[m].ask(image, sample.text, max_zooms=zooms, max_new_tokens=max_new_tokens, **budgets)
+                result = engines[m].ask(image, sample.text, max_zooms=zooms, max_new_tokens=max_new_tokens)
                 ok = answer_letter(result.answer) == sample.label
                 s = stats[m][res]
                 s["n"] += 1

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
