@@ -8,8 +8,9 @@ Lean: cof_edge only (ONNX Runtime, no torch). Questions: a V*-layout directory (
 the stream training/evaluate.py scores; training renders from 1000), at 3840x2160. Every image is resized (LANCZOS)
 to each long side of `--resolutions`. Methods:
 * `cof`: the zoom loop with the bundle's budgets (`max_zooms` 2 unless told);
-* `no_zoom`: the global view only (`max_zooms` 0), with answer forcing: a `<tool_call>` the model starts is turned
-  into `<answer>` (as training/evaluate.py does), so the letter is its best guess from the global view;
+* `no_zoom`: the global view only (`max_zooms` 0), with answer forcing (`cof_edge.direct_answer`, as
+  training/evaluate.py does): no `<tool_call>`, and after `</think>` the answer path as trained, then the option
+  letter the model ranks highest, so the letter is its best guess from the global view;
 * `full_res`: one view of the whole image at its native resolution (`global_max_pixels` = its pixel count), no
   zoom, the same answer forcing. Skipped (null, with the reason) for views over `--max-full-res-tokens` (the
   vision graph's full attention runs in bounded memory, but its time grows with the square of the view).
@@ -28,12 +29,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (DEFAULT_BUNDLE, EVAL_SEED, RESULTS, full_res_overrides, machine, make_direct_answer_engine,  # noqa: E402
+from common import (DEFAULT_BUNDLE, EVAL_SEED, RESULTS, full_res_overrides, machine,  # noqa: E402
                     progress, say)
 
 from cof_edge import FocusEngine  # noqa: E402
 from cof_edge.actions import answer_letter  # noqa: E402
 from cof_edge.atomic import atomic_write_json  # noqa: E402
+from cof_edge.direct_answer import DirectAnswerEngine  # noqa: E402
 from cof_edge.data import CATEGORIES, RESOLUTIONS, read_vstar, render_sample, resize_to_long_side  # noqa: E402
 from cof_edge.geometry import global_view  # noqa: E402
 
@@ -161,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.recipe:
         budgets = {k: v for k, v in json.loads(args.recipe.read_text())["ask_options"].items()}
         cof.options = cof.options.with_overrides(**budgets)
-    direct = make_direct_answer_engine()(cof.backend, cof.options, crop_cache=cof.crop_cache)
+    direct = DirectAnswerEngine(cof.backend, cof.options, crop_cache=cof.crop_cache)
     bundle = cof.backend.bundle
     items = questions(args)
     source = f"V* layout {args.vstar}" if args.vstar else f"vsearch held-out (seed {args.seed})"

@@ -152,36 +152,6 @@ def load_json(path: Path) -> dict | None:
         return None
 
 
-def make_direct_answer_engine():
-    """`FocusEngine` whose greedy decoding turns a `<tool_call>` into `<answer>` (the no-zoom and full-resolution
-    baselines: the model's best letter from the views it has). The same forcing as training/evaluate.py, kept
-    here so that the benchmarks stay lean (cof_edge only)."""
-    from cof_edge import FocusEngine
-    from cof_edge.generate import decode_one_token
-
-    class DirectAnswerEngine(FocusEngine):
-        def respond(self, state, logits) -> list[int]:
-            tool_id = self.backend.tokenizer.token_to_id("<tool_call>")
-            forced = self.layout.encode("<answer>")
-            stop_ids, limit = self.layout.special.stop_ids, state.turn_token_limit
-            tokens: list[int] = []
-            while True:
-                token = int(np.argmax(logits))
-                if token == tool_id and tool_id is not None:
-                    for f in forced:
-                        tokens.append(f)
-                        logits = decode_one_token(state.session, state.cursor, f)
-                    if len(tokens) >= limit:
-                        return tokens
-                    continue
-                tokens.append(token)
-                if token in stop_ids or len(tokens) >= limit:
-                    return tokens  # the last token stays unfed, as in decode_greedy
-                logits = decode_one_token(state.session, state.cursor, token)
-
-    return DirectAnswerEngine
-
-
 def fmt(value, digits: int = 1, none: str = "–") -> str:
     if value is None:
         return none
