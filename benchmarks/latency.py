@@ -35,6 +35,7 @@ import json
 import os
 import shutil
 import subprocess
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -354,7 +355,7 @@ def headline(models: dict, resolutions) -> dict:
         t, q = _median_at(model, "transformers", res), _median_at(model, f"ort_{int8_variant}", res)
         if t and q:
             ratios[str(res)] = round(t / q, 3)
-    speedup = round(sorted(ratios.values())[len(ratios) // 2], 3) if ratios else None
+    speedup = round(statistics.median(ratios.values()), 3) if ratios else None
     decode = {}
     for res in resolutions:
         t = _median_at(model, "transformers", res, "decode_ms_per_token")
