@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from .actions import BoxFrame
 from .geometry import FACTOR, CropSettings
@@ -55,12 +57,13 @@ class AskOptions:
         return dataclasses.replace(self, **overrides) if overrides else self
 
 
-def trained_options(model_dir) -> AskOptions:
-    """The options a `cof_training` checkpoint was trained with (its RECIPE.json `ask_options`); else defaults."""
-    import json
-    from pathlib import Path
 
+def recipe_ask_options(model_dir) -> dict:
+    """The option values a `cof_training` checkpoint was trained with (its RECIPE.json `ask_options`); {} if none."""
     recipe = Path(model_dir) / "RECIPE.json"
-    if not recipe.is_file():
-        return AskOptions()
-    return AskOptions().with_overrides(**json.loads(recipe.read_text(encoding="utf-8")).get("ask_options", {}))
+    return json.loads(recipe.read_text(encoding="utf-8")).get("ask_options", {}) if recipe.is_file() else {}
+
+
+def trained_options(model_dir) -> AskOptions:
+    """`AskOptions` with the checkpoint's trained values (`recipe_ask_options`); the defaults for the rest."""
+    return AskOptions().with_overrides(**recipe_ask_options(model_dir))

@@ -9,10 +9,11 @@ model is built, and the bundle records `random_weights` so the demo says its ans
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
+
+from cof_edge.options import recipe_ask_options
 
 from .pipeline import BUDGET_FIELDS, ExportConfig, export_bundle
 
@@ -23,11 +24,7 @@ TRAINED = REPO / "training" / "default_model"
 
 def trained_budgets(model: Path) -> dict[str, int]:
     """The pixel budgets the model was trained with (its RECIPE.json), which the runtime must use too."""
-    recipe = Path(model) / "RECIPE.json"
-    if not recipe.is_file():
-        return {}
-    budgets = json.loads(recipe.read_text()).get("config", {}).get("budgets", {})
-    return {k: v for k, v in budgets.items() if k in BUDGET_FIELDS}
+    return {k: v for k, v in recipe_ask_options(model).items() if k in BUDGET_FIELDS}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,8 @@ import torch
 from torch.export import Dim
 from transformers import DynamicCache
 
+from .subgraphs import all_nodes
+
 OPSET = 20
 STANDARD_DOMAINS = {"", "ai.onnx"}
 
@@ -167,7 +169,7 @@ def assert_dynamic(path: Path, expected: dict[str, list[int]]) -> None:
 def non_standard_ops(model_or_path) -> list[str]:
     """Ops outside the standard ONNX domain (TensorRT's parser takes only standard ops)."""
     model = _model(model_or_path)
-    found = {f"{node.domain}::{node.op_type}" for node in model.graph.node if node.domain not in STANDARD_DOMAINS}
+    found = {f"{node.domain}::{node.op_type}" for node in all_nodes(model.graph) if node.domain not in STANDARD_DOMAINS}
     for function in model.functions:
         found |= {f"{node.domain}::{node.op_type}" for node in function.node if node.domain not in STANDARD_DOMAINS}
     return sorted(found)

@@ -15,6 +15,8 @@ from typing import Callable
 
 import onnx
 
+from .subgraphs import subgraphs
+
 log = logging.getLogger(__name__)
 
 
@@ -67,22 +69,15 @@ def _fp16(source: Path, out: Path, kind: str, settings: QuantSettings) -> None:
     _save(_move_casts_into_subgraphs(model), out)
 
 
-def _subgraphs(graph: onnx.GraphProto):
-    for node in graph.node:
-        for attr in node.attribute:
-            for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else []) + list(attr.graphs):
-                yield g
-                yield from _subgraphs(g)
-
-
 def _move_casts_into_subgraphs(model: onnx.ModelProto) -> onnx.ModelProto:
     """`convert_float_to_float16` appends the Casts around kept-fp32 nodes to the MAIN graph even when the node sits
     in a Scan/Loop/If body (the vision graph's chunked full attention), which ORT rejects: move each such Cast into
     the body that produces its input, then restore topological order there."""
     main = model.graph
-    main_names = {i.name for i in main.input} | {t.name for t in main.initializer} | {o for n in main.node for o in n.output}
+    main_names = ({i.name for i in main.input} | {t.name for t in main.initializer}
+                  | {o for n in main.node for o in n.output})
     owners = {}
-    for g in _subgraphs(main):
+    for g in subgraphs(main):
         owners.update({o: g for n in g.node for o in n.output})
         owners.update({i.name: g for i in g.input})
     keep = []
@@ -94,7 +89,7 @@ def _move_casts_into_subgraphs(model: onnx.ModelProto) -> onnx.ModelProto:
             keep.append(node)
     del main.node[:]
     main.node.extend(keep)
-    for g in _subgraphs(main):
+    for g in subgraphs(main):
         _topological_sort(g)
     return model
 

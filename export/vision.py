@@ -62,6 +62,7 @@ from torch._higher_order_ops import scan
 from cof_edge.vision_host import INPUT_NAMES, OUTPUT_NAME, VisionGeometry, feed, vision_inputs
 
 from .graphs import STANDARD_DOMAINS, graph_signature, non_standard_ops
+from .subgraphs import all_nodes
 
 GEOMETRY_METADATA_KEY = "cof.vision_geometry"
 
@@ -410,19 +411,8 @@ def _decompose_gelu(model) -> int:
 
 def _drop_unused_initializers(model) -> int:
     """Removes main-graph initializers that no node reads, subgraphs included (bodies read outer-scope names)."""
-    import onnx
-
-    def nodes(graph):
-        for node in graph.node:
-            yield node
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    yield from nodes(attr.g)
-                for g in attr.graphs:
-                    yield from nodes(g)
-
     graph = model.graph
-    used = {name for node in nodes(graph) for name in node.input} | {o.name for o in graph.output}
+    used = {name for node in all_nodes(graph) for name in node.input} | {o.name for o in graph.output}
     keep = [t for t in graph.initializer if t.name in used]
     dropped = len(graph.initializer) - len(keep)
     if dropped:

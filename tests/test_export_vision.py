@@ -28,6 +28,7 @@ from transformers.vision_utils import (  # noqa: E402
 
 from cof_edge import vision_host  # noqa: E402
 from cof_edge.vision_host import INPUT_NAMES, VisionGeometry, feed, vision_inputs, window_layout  # noqa: E402
+from cof_export.subgraphs import all_nodes  # noqa: E402
 from cof_export.vision import (  # noqa: E402
     ATTENTION_CHUNK_ELEMENTS,
     GEOMETRY_METADATA_KEY,
@@ -303,23 +304,13 @@ def test_check_contract_catches_a_specialised_dim(exported):
         check_contract(model, GEO)
 
 
-def _all_nodes(graph):
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _all_nodes(attr.g)
-            for g in attr.graphs:
-                yield from _all_nodes(g)
-
-
 def test_only_default_onnx_domain(exported):
     model = exported["onnx"]
-    bad = [(n.domain, n.op_type) for n in _all_nodes(model.graph) if n.domain not in ("", "ai.onnx")]
+    bad = [(n.domain, n.op_type) for n in all_nodes(model.graph) if n.domain not in ("", "ai.onnx")]
     assert not bad, bad
     assert not model.functions
     assert {o.domain for o in model.opset_import} <= {"", "ai.onnx"}
-    ops = {n.op_type for n in _all_nodes(model.graph)}
+    ops = {n.op_type for n in all_nodes(model.graph)}
     assert "Gelu" not in ops and "GatherND" not in ops and "Erf" in ops  # TensorRT-8-parsable forms
     assert non_default_domain_nodes(model) == []
     onnx.checker.check_model(model)

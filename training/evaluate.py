@@ -28,20 +28,16 @@ from cof_edge import FocusEngine
 from cof_edge.actions import answer_letter
 from cof_edge.data import RESOLUTIONS, render_sample, resize_to_long_side
 from cof_edge.direct_answer import DirectAnswerEngine
+from cof_edge.options import recipe_ask_options
 
 METHODS = ("no_zoom", "sft", "rl", "full_res")
-
-
-def load_budgets(model_dir: Path) -> dict:
-    recipe = model_dir / "RECIPE.json"
-    return json.loads(recipe.read_text())["ask_options"] if recipe.is_file() else {}
 
 
 def evaluate(model_dir, methods, n: int, seed: int = 777, resolutions=RESOLUTIONS, max_zooms: int = 2,
              max_new_tokens: int = 96, threads: int = 1, log=print, checkpoint=None) -> dict:
     """`checkpoint(partial_result)` is called every 5 questions (the run can be cut and still report)."""
     model_dir = Path(model_dir)
-    budgets = load_budgets(model_dir)
+    budgets = recipe_ask_options(model_dir)
     engines = {}
     for m in methods:
         cls = DirectAnswerEngine if m == "no_zoom" else FocusEngine

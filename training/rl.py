@@ -175,7 +175,7 @@ def main(argv=None) -> int:
 
     from cof_edge.data import render_sample, resize_to_long_side
 
-    from .evaluate import load_budgets
+    from cof_edge.options import recipe_ask_options
     from .train_default import export_model
 
     p = argparse.ArgumentParser(prog="python -m cof_training.rl", description=__doc__.splitlines()[0])
@@ -198,7 +198,7 @@ def main(argv=None) -> int:
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(args.model, dtype=torch.float32).eval()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     engine = SamplingEngine(backend_for(model, args.model), temperature=cfg.temperature, seed=cfg.seed)
-    budgets = load_budgets(args.model)
+    budgets = recipe_ask_options(args.model)
     t0, index, log = time.time(), 0, []
     for step in range(args.steps):
         questions = []
