@@ -196,6 +196,10 @@ def accuracy_section(name: str, data: dict, training: bool) -> list[str]:
         for method, values in zooms.items():
             if values is not None:
                 out.append(_row([method] + [fmt(v, 2) for v in values]))
+    hits = {m: v for m, v in (data.get("zoom_hit_rate") or {}).items() if v and any(x is not None for x in v)}
+    if hits:
+        out += ["", "zoom hit rate (%: attribute questions with a zoom whose crop holds the whole asked tag):", ""]
+        out += _res_header(res) + [_row([m] + [fmt(x, 1) for x in v]) for m, v in hits.items()]
     skipped = data.get("skipped") or {}
     for method, by_res in sorted(skipped.items()):
         for r, reason in sorted(by_res.items(), key=lambda kv: int(kv[0])):

@@ -41,7 +41,7 @@ class Bundle:
     model_name: str
     special_tokens: dict[str, int]
     chat_template: str
-    budgets: dict[str, int]        # AskOptions fields the bundle's model was made for
+    budgets: dict[str, int | str]  # AskOptions fields the bundle's model was made for (budgets, system prompt)
     vision: dict                   # geometry for cof_edge.vision_host
     text: dict                     # hidden, layers, kv_heads, head_dim, vocab_size, mrope_section
     graphs: dict[str, GraphEntry]

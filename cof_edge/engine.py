@@ -67,7 +67,7 @@ class FocusEngine:
         options, view = state.options, state.next_view
         first_turn = not state.views
         t_start = time.perf_counter()
-        text = opening_prompt(state.question) if first_turn else crop_turn_prompt()
+        text = opening_prompt(state.question, options.system_prompt) if first_turn else crop_turn_prompt()
         new_ids = [] if state.turn_closed else [self.layout.special.im_end]
         new_ids += self.layout.encode(text, [view.visual_tokens])
         room = self._context_limit(state) - len(state.token_ids) - len(new_ids)

@@ -10,6 +10,7 @@ from pathlib import Path
 from .actions import BoxFrame
 from .geometry import FACTOR, CropSettings
 from .images import DEFAULT_MAX_IMAGE_PIXELS
+from .protocol import SYSTEM_PROMPT
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class AskOptions:
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # larger inputs are refused before decoding
     max_context_tokens: int | None = None            # conversation bound; None: the model's own context length
     stop_on_repeated_box: bool = True
+    system_prompt: str = SYSTEM_PROMPT               # the CoF release's tool prompt; a model may be trained on another
 
     def __post_init__(self):
         for name in ("global_min_pixels", "global_max_pixels", "crop_min_pixels", "crop_max_pixels", "max_new_tokens",
@@ -39,6 +41,8 @@ class AskOptions:
                              f"({self.global_max_pixels})")
         if self.max_context_tokens is not None and self.max_context_tokens <= 0:
             raise ValueError(f"max_context_tokens must be positive or None, got {self.max_context_tokens!r}")
+        if not isinstance(self.system_prompt, str):
+            raise ValueError(f"system_prompt must be a string, got {type(self.system_prompt).__name__}")
         if not isinstance(self.max_zooms, int) or self.max_zooms < 0:
             raise ValueError(f"max_zooms must be an integer >= 0, got {self.max_zooms!r}")
         object.__setattr__(self, "box_frame", BoxFrame(self.box_frame))

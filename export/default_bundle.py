@@ -22,8 +22,8 @@ TARGET = REPO / "cof_edge" / "default_bundle"
 TRAINED = REPO / "training" / "default_model"
 
 
-def trained_budgets(model: Path) -> dict[str, int]:
-    """The pixel budgets the model was trained with (its RECIPE.json), which the runtime must use too."""
+def trained_budgets(model: Path) -> dict[str, int | str]:
+    """The budgets and system prompt the model was trained with (its RECIPE.json), which the runtime must use too."""
     return {k: v for k, v in recipe_ask_options(model).items() if k in BUDGET_FIELDS}
 
 

@@ -27,7 +27,7 @@ from .tensorrt import provider_options
 from .vision import export_vision
 
 BUDGET_FIELDS = ("global_min_pixels", "global_max_pixels", "crop_min_pixels", "crop_max_pixels", "max_zooms",
-                 "max_new_tokens")
+                 "max_new_tokens", "system_prompt")
 BUDGETS_FILE = "cof_budgets.json"  # optional, beside a checkpoint: the budgets its model was trained with
 
 
@@ -43,7 +43,7 @@ class ExportConfig:
     force: bool = False
     parity_steps: int = 16
     quant: QuantSettings = field(default_factory=QuantSettings)
-    budgets: dict[str, int] = field(default_factory=dict)   # overrides of the checkpoint's / AskOptions' budgets
+    budgets: dict[str, int | str] = field(default_factory=dict)   # overrides of the checkpoint's / AskOptions' budgets
     default_variant: str | None = None
     fused: bool = True                      # cpu target: also build ORT-fused decoders (export/fused.py), kept if faster
 
@@ -185,7 +185,7 @@ def _chat_template(model_dir: Path) -> str:
     return ""
 
 
-def _budgets(model_dir: Path, config: ExportConfig) -> dict[str, int]:
+def _budgets(model_dir: Path, config: ExportConfig) -> dict[str, int | str]:
     defaults = AskOptions()
     budgets = {name: getattr(defaults, name) for name in BUDGET_FIELDS}
     if (model_dir / BUDGETS_FILE).is_file():

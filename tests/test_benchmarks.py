@@ -86,7 +86,8 @@ def test_report_regenerates_readme_deterministically(results, tmp_path):
     results_copy = tmp_path / "results"
     shutil.copytree(out, results_copy)
     training = {"resolutions": [224, 448], "methods": {"no_zoom": [25.0, 30.0], "sft": [40.0, 45.0], "rl": None,
-                                                       "full_res": None}, "n_per_resolution": 4}
+                                                       "full_res": None}, "n_per_resolution": 4,
+                "zoom_hit_rate": {"no_zoom": [None, None], "sft": [None, 62.5]}}
     (results_copy / "accuracy.json").write_text(json.dumps(training))
     readme = tmp_path / "README.md"
     original = (REPO / "README.md").read_text()
@@ -99,7 +100,7 @@ def test_report_regenerates_readme_deterministically(results, tmp_path):
     assert head == original.split("<!-- bench:start -->")[0] and tail == original.split("<!-- bench:end -->")[1]
     for needle in ("### Latency", "ms per question", "Targets (issue #4)", "### Machine limits",
                    "### Accuracy per resolution (accuracy_bundle.json", "### Accuracy per resolution (accuracy.json",
-                   "| sft | 40.0 | 45.0 |"):
+                   "| sft | 40.0 | 45.0 |", "zoom hit rate", "| sft | – | 62.5 |"):
         assert needle in section, needle
     second = run("report.py", "--results", results_copy, "--readme", readme, "--no-plots")
     assert second["changed"] is False and readme.read_text() == text

@@ -59,6 +59,21 @@ def test_direct_answer_engine_takes_the_answer_path_instead_of_a_zoom():
     assert "<tool_call>" not in result.steps[0].text
 
 
+def test_zoom_hits_count_only_crops_that_hold_the_whole_target():
+    from types import SimpleNamespace
+
+    from cof_training.evaluate import crops_hold
+
+    def result(*regions):
+        return SimpleNamespace(steps=[SimpleNamespace(crop_region=r) for r in regions])
+
+    target = [100.0, 50.0, 140.0, 90.0]
+    assert crops_hold(result(None, (0, 0, 200, 100), None), target)
+    assert crops_hold(result((300, 0, 400, 100), (90, 40, 140, 95)), target)       # the second crop holds it
+    assert not crops_hold(result((0, 0, 139, 100)), target)                        # cut at the right edge
+    assert not crops_hold(result(None), target)
+
+
 def test_merge_and_plot(tmp_path):
     base = {"resolutions": [224, 3840], "n_per_resolution": 5, "avg_zooms": {}, "by_category": {},
             "methods": {"no_zoom": None, "sft": None, "rl": None, "full_res": None}}

@@ -79,6 +79,22 @@ def test_labels_cover_only_assistant_turns_and_positions_match_hf(smoke):
     assert not torch.allclose(ours, text_only, atol=1e-3)   # the silent fallback the collator avoids
 
 
+def test_collator_encodes_with_the_presets_system_prompt(smoke):
+    from cof_training.sft import RecordCollator, record_rows
+
+    preset, model_dir, cache = smoke
+    _, _, layout, improc = _parts(model_dir)
+    record = read_cache(cache)[0]
+    rows = record_rows([record])
+    short = "Zoom in when the answer is small."
+    batch = RecordCollator(layout, improc, layout.special.end_of_text, system_prompt=short)(rows)
+    release = RecordCollator(layout, improc, layout.special.end_of_text)(rows)
+    expected = encode_example(layout, improc, record.load(), system_prompt=short)
+    assert batch["input_ids"][0].tolist() == expected["input_ids"].tolist()
+    assert torch.equal(batch["position_ids"][:, 0], expected["position_ids"])
+    assert release["input_ids"].shape[1] - batch["input_ids"].shape[1] > 200
+
+
 def _complete(ckpt: Path) -> bool:
     return (ckpt / "trainer_state.json").is_file() and (ckpt / "optimizer.pt").is_file()
 
@@ -130,3 +146,61 @@ def test_killed_run_resumes_step_and_optimizer(tmp_path):
     import json
 
     assert json.loads((out / "RECIPE.json").read_text())["steps"] == step + 1
+
+
+def test_drills_label_only_the_lookups_and_carry_no_image(smoke):
+    from cof_training.drills import drill_example, drill_text, lookup_token_ids
+
+    preset, model_dir, cache = smoke
+    _, _, layout, _ = _parts(model_dir)
+    lookups = lookup_token_ids(layout)
+    names = {layout.tokenizer.id_to_token(i) for i in lookups}
+    assert {"Ġred", "Ġpink", ">A", ">D"} <= names and len(lookups) == 12
+    for record in read_cache(cache):
+        traj = record.load()
+        ex = drill_example(layout, traj, lookups)
+        ids, labels = ex["input_ids"].tolist(), ex["labels"].tolist()
+        prompt, reply = drill_text(traj)
+        reply_ids = layout.encode(reply)
+        assert reply == traj.turns[-1] and ids[-len(reply_ids):] == reply_ids
+        assert layout.special.image_pad not in ids and "system" not in layout.decode(ids, skip_special_tokens=False)
+        labelled = [t for t in labels if t != -100]
+        assert labelled == [t for t in reply_ids if t in lookups] and labelled   # a colour word at least
+        assert all(layout.tokenizer.id_to_token(t) in names for t in labelled)
+        assert torch.equal(ex["position_ids"], torch.arange(len(ids)).expand(3, -1))
+
+
+def test_collator_adds_drill_rows_without_images(smoke):
+    from cof_training.sft import RecordCollator, record_rows
+
+    preset, model_dir, cache = smoke
+    _, _, layout, improc = _parts(model_dir)
+    rows = record_rows(read_cache(cache)[:2])
+    plain = RecordCollator(layout, improc, layout.special.end_of_text)(rows)
+    drilled = RecordCollator(layout, improc, layout.special.end_of_text, drills=1)(rows)
+    assert drilled["input_ids"].shape[0] == 3 and plain["input_ids"].shape[0] == 2
+    assert torch.equal(drilled["pixel_values"], plain["pixel_values"])
+    assert torch.equal(drilled["image_grid_thw"], plain["image_grid_thw"])
+    assert torch.equal(drilled["input_ids"][:2, :plain["input_ids"].shape[1]], plain["input_ids"])
+    assert int((drilled["labels"][2:] != -100).sum()) > 0
+
+
+def test_drill_warm_up_lowers_the_lookup_loss_and_runs_once_per_work_dir(smoke, tmp_path, monkeypatch):
+    import dataclasses
+
+    from cof_training import drills
+    from cof_training.train_default import drilled_init
+
+    preset, model_dir, _ = smoke
+    cache = build_cache(preset, tmp_path / "cache", 0, 5, progress=False)     # ~15 questions, all 8 colours
+    preset = dataclasses.replace(preset, drill_warmup_steps=8, drill_batch_size=8, lr=2e-3)
+    monkeypatch.setattr(drills, "warm_up", _with_held_out(drills.warm_up, 3))
+    out, report = drilled_init(model_dir, tmp_path / "drilled", cache, preset, progress=False)
+    assert report["held_out_lookup_ce_after"] < report["held_out_lookup_ce_before"] - 1, report
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    monkeypatch.setattr(drills, "warm_up", lambda *a, **k: pytest.fail("the warm-up ran twice"))
+    assert drilled_init(model_dir, tmp_path / "drilled", cache, preset, progress=False) == (out, report)
+
+
+def _with_held_out(warm_up, held_out):
+    return lambda *a, **k: warm_up(*a, **{**k, "held_out": held_out})

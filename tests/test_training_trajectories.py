@@ -105,6 +105,19 @@ def test_runtime_feeds_exactly_the_trajectory(layout, samples, cfg, category):
     assert labelled == [t for turn in traj.turns for t in layout.encode(turn) + [layout.special.im_end]]
 
 
+def test_runtime_and_training_use_the_models_own_system_prompt(layout, samples):
+    options = OPTIONS.with_overrides(system_prompt="Zoom in when the answer is small.")
+    cfg = TrajectoryConfig(options=options)
+    sample = samples[ATTRIBUTE]
+    traj = from_vsearch(sample, cfg=cfg)
+    backend, result = _replay(layout, traj, sample.image, options)
+    enc = encode_trajectory(layout, traj, options.system_prompt)
+    assert result.answer == sample.label and backend.fed == enc.input_ids[:-1]
+    release = encode_trajectory(layout, traj)
+    assert len(release.input_ids) - len(enc.input_ids) > 200   # the release's tool prompt is ~260 small tokens
+    assert release.labels[-len(enc.labels):] == enc.labels      # same replies, same labels
+
+
 def test_zoom_boxes_put_the_target_in_the_runtime_crop():
     cfg = TrajectoryConfig(options=OPTIONS)
     seen = 0

@@ -8,7 +8,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 
 from cof_edge.engine import FocusEngine  # noqa: E402
 from cof_edge.mrope import MRopeCursor  # noqa: E402
-from cof_edge.protocol import crop_turn_prompt, opening_prompt  # noqa: E402
+from cof_edge.protocol import SYSTEM_PROMPT, crop_turn_prompt, opening_prompt  # noqa: E402
 
 from conftest import QUESTION, ScriptedEngine, photo_like, run_chain, zoom_reply  # noqa: E402
 
@@ -125,17 +125,26 @@ def test_views_equal_what_the_hf_processor_makes_of_the_original(engines, size):
 
 
 def test_from_pretrained_takes_the_budgets_the_checkpoint_was_trained_with(tiny_models, tmp_path):
+    """RECIPE.json's budgets and system prompt become the engine's options and the exported bundle's."""
     import json
     import shutil
 
+    from cof_export.default_bundle import trained_budgets
+
     model = tmp_path / "model"
     shutil.copytree(tiny_models["small"], model)
-    assert FocusEngine.from_pretrained(model).options.global_max_pixels == 256 * 28 * 28  # no recipe: defaults
+    defaults = FocusEngine.from_pretrained(model).options  # no recipe: the defaults
+    assert defaults.global_max_pixels == 256 * 28 * 28 and defaults.system_prompt == SYSTEM_PROMPT
     budgets = {"global_min_pixels": 112 * 112, "global_max_pixels": 448 * 252, "crop_min_pixels": 112 * 112,
-               "crop_max_pixels": 336 * 336}
+               "crop_max_pixels": 336 * 336, "system_prompt": "Zoom in when the answer is small."}
     (model / "RECIPE.json").write_text(json.dumps({"ask_options": budgets}))
     engine = FocusEngine.from_pretrained(model)
     assert {k: getattr(engine.options, k) for k in budgets} == budgets
+    assert trained_budgets(model) == budgets
     image = photo_like(1080, 1920)
     result = engine.ask(image, QUESTION, max_zooms=0, max_new_tokens=2)
-    assert result.steps[0].view_size == (448, 252)
+    step = result.steps[0]
+    assert step.view_size == (448, 252)
+    opening = opening_prompt(QUESTION, budgets["system_prompt"])
+    assert step.prompt_tokens == len(engine.layout.encode(opening, [step.visual_tokens]))
+    assert step.prompt_tokens < len(engine.layout.encode(opening_prompt(QUESTION), [step.visual_tokens])) - 200

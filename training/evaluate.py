@@ -11,6 +11,8 @@ Methods:
   from the global view (a model trained to zoom would otherwise just end on `max_zooms` with no answer). Its
   `<think>` text is its own.
 * `full_res` is not run for the default model (it never saw views beyond its budget); null in the JSON.
+`zoom_hit_rate` (per method and resolution, %): of the attribute questions the model zoomed on, how many had a crop
+holding the whole asked tag: whether the model looks in the right place, apart from whether it reads it right.
 The budgets are the model's RECIPE.json `ask_options` (what it was trained with; `FocusEngine.from_pretrained`
 reads them). Images: held-out scenes (`--seed`, default 777, different from training's 1000) rendered at 3840x2160
 and resized (LANCZOS) to each long side.
@@ -26,7 +28,8 @@ from pathlib import Path
 
 from cof_edge import FocusEngine
 from cof_edge.actions import answer_letter
-from cof_edge.data import RESOLUTIONS, render_sample, resize_to_long_side
+from cof_edge.data import RESOLUTIONS, render_sample, resize_to_long_side, scale_box
+from cof_edge.data.vsearch import ATTRIBUTE
 from cof_edge.direct_answer import DirectAnswerEngine
 from cof_edge.options import recipe_ask_options
 
@@ -42,7 +45,8 @@ def evaluate(model_dir, methods, n: int, seed: int = 777, resolutions=RESOLUTION
     for m in methods:
         cls = DirectAnswerEngine if m == "no_zoom" else FocusEngine
         engines[m] = cls.from_pretrained(model_dir, threads=threads)
-    stats = {m: {r: {"correct": 0, "n": 0, "zooms": 0, "by_category": {}} for r in resolutions} for m in methods}
+    stats = {m: {r: {"correct": 0, "n": 0, "zooms": 0, "by_category": {}, "hits": [0, 0]} for r in resolutions}
+             for m in methods}
     t0 = time.time()
     for i in range(n):
         sample = render_sample(seed, i)
@@ -59,6 +63,10 @@ def evaluate(model_dir, methods, n: int, seed: int = 777, resolutions=RESOLUTION
                 cat = s["by_category"].setdefault(sample.category, [0, 0])
                 cat[0] += ok
                 cat[1] += 1
+                if sample.category == ATTRIBUTE and result.zooms:
+                    target = scale_box(sample.target_boxes[0], sample.image.size, image.size)
+                    s["hits"][0] += crops_hold(result, target)
+                    s["hits"][1] += 1
         if (i + 1) % 5 == 0:
             accs = {m: [round(100 * stats[m][r]["correct"] / stats[m][r]["n"]) for r in resolutions] for m in methods}
             if log:
@@ -68,12 +76,21 @@ def evaluate(model_dir, methods, n: int, seed: int = 777, resolutions=RESOLUTION
     return summarize(stats, methods, resolutions, n, seed, model_dir, budgets)
 
 
+def crops_hold(result, target) -> bool:
+    """Whether one of the question's crops holds the whole `target` box (pixels of the image asked about)."""
+    return any(s.crop_region is not None and s.crop_region[0] <= target[0] and s.crop_region[1] <= target[1]
+               and s.crop_region[2] >= target[2] and s.crop_region[3] >= target[3] for s in result.steps)
+
+
 def summarize(stats, methods, resolutions, n, seed, model_dir, budgets) -> dict:
     out = {"resolutions": list(resolutions), "methods": {m: None for m in METHODS}, "n_per_resolution": n,
-           "eval_seed": seed, "model": str(model_dir), "ask_options": budgets, "avg_zooms": {}, "by_category": {}}
+           "eval_seed": seed, "model": str(model_dir), "ask_options": budgets, "avg_zooms": {}, "by_category": {},
+           "zoom_hit_rate": {}}
     for m in methods:
         out["methods"][m] = [round(100 * stats[m][r]["correct"] / max(1, stats[m][r]["n"]), 1) for r in resolutions]
         out["avg_zooms"][m] = [round(stats[m][r]["zooms"] / max(1, stats[m][r]["n"]), 2) for r in resolutions]
+        out["zoom_hit_rate"][m] = [round(100 * h / z, 1) if z else None for h, z in (stats[m][r]["hits"]
+                                                                                     for r in resolutions)]
         out["by_category"][m] = {
             cat: [round(100 * stats[m][r]["by_category"].get(cat, [0, 0])[0]
                         / max(1, stats[m][r]["by_category"].get(cat, [0, 1])[1]), 1) for r in resolutions]
@@ -87,9 +104,10 @@ def merge(paths) -> dict:
         part = json.loads(Path(p).read_text())
         if merged is None:
             merged = part
+            merged.setdefault("zoom_hit_rate", {})
             continue
-        for key in ("methods", "avg_zooms", "by_category"):
-            for m, v in part[key].items():
+        for key in ("methods", "avg_zooms", "by_category", "zoom_hit_rate"):
+            for m, v in part.get(key, {}).items():
                 if v is not None:
                     merged[key][m] = v
     return merged

@@ -1,7 +1,8 @@
 """Training presets: one dataclass per recipe. `PRESETS[name]` → `Preset`; everything a run needs is here.
 
 * `cpu-default`: the model that ships (training/default_model): a ~1.7M-param Qwen2.5-VL from scratch, small
-  tokenizer, full fine-tuning, small views (global <= 448x252 = 144 tokens, crops <= 224x224 = 64 tokens).
+  tokenizer, its own short system prompt, a retrieval-drill warm-up, then full fine-tuning; small views (global
+  <= 448x252 = 144 tokens, crops <= 336x336 = 144 tokens).
 * `smoke`: seconds, for tests.
 * `gpu-3b` / `gpu-7b`: LoRA on real Qwen2.5-VL checkpoints (documented recipe; needs CUDA, not run here).
 """
@@ -12,18 +13,20 @@ from dataclasses import asdict, dataclass, field
 
 from cof_edge.geometry import FACTOR
 from cof_edge.options import AskOptions
+from cof_edge.protocol import SYSTEM_PROMPT
 
 from .tiny import TinySpec
 
 
 @dataclass
 class Budgets:
-    """The pixel budgets trained with: the runtime must use the same ones for this model (RECIPE.json)."""
+    """The pixel budgets and system prompt trained with: the runtime must use the same ones (RECIPE.json)."""
 
     global_min_pixels: int = 112 * 112
     global_max_pixels: int = 448 * 252
     crop_min_pixels: int = 112 * 112
     crop_max_pixels: int = 224 * 224
+    system_prompt: str = SYSTEM_PROMPT
 
     def ask_options(self, **overrides) -> AskOptions:
         return AskOptions(**asdict(self), **overrides)
@@ -44,6 +47,9 @@ class Preset:
     all_tag_questions: bool = True       # an attribute question for every tag of a scene, not only the sample's
     box_min_side: float = 16.0
     two_zoom_below: float = 0.0
+    drills: int = 0                      # text-only retrieval drills per batch (training/drills.py), extra rows
+    drill_warmup_steps: int = 0          # drill-only steps before SFT (from-scratch models; the curriculum's stage 1)
+    drill_batch_size: int = 32
     # optimisation
     lora: bool = False
     lora_r: int = 16
@@ -76,14 +82,24 @@ class Preset:
 # rope_theta 500 with mrope_section (2, 4, 10) gives both: column pairs from 0.1 down to 0.003 rad per step, rows
 # 0.14-0.46 rad. Zoom boxes are >= 48 view px (one merged token of slack either way) and crops are 336x336, so the
 # symbol stays >= 11 px after the wider crop is scaled down.
+# The release's tool prompt is ~260 tokens with the small tokenizer: half the default model's first prompt (so half
+# its prefill), and a from-scratch model learns nothing from a constant preamble. Shortening it alone did not teach
+# the colour lookup (still at chance after 700 steps); the drills below did.
+DEFAULT_MODEL_SYSTEM_PROMPT = "You are a helpful assistant."
+
 CPU_DEFAULT = Preset(
     name="cpu-default",
     spec=TinySpec(text_hidden=128, text_layers=4, text_heads=4, text_kv_heads=2, text_intermediate=384,
                   vision_hidden=96, vision_depth=4, vision_heads=2, vision_intermediate=256,
                   fullatt_block_indexes=(1, 3), mrope_section=(2, 4, 10), rope_theta=500.0, logit_std=None,
                   tie_word_embeddings=True),
-    budgets=Budgets(crop_max_pixels=336 * 336),
+    budgets=Budgets(crop_max_pixels=336 * 336, system_prompt=DEFAULT_MODEL_SYSTEM_PROMPT),
     box_min_side=48.0,
+    # Retrieval curriculum (training/drills.py): copying the colour is learned in ~250 drill steps of 32 on short
+    # contexts, and transfers to whole trajectories (colour CE 0.68 before any SFT); on whole trajectories alone it
+    # stayed at chance (ln 8) for 1,600+ steps, with either system prompt.
+    drill_warmup_steps=1500,
+    drills=8,
     # 672 and 448 are left out: their global view looks like a 3840 one (the same 448x252), yet the teacher answers
     # them directly (no detail to gain); the model cannot tell them apart. 224 shows a 224x112 view: it can.
     resolutions=(3840, 3840, 2560, 1920, 1024, 224),

@@ -36,9 +36,13 @@ def image_processor_for(model_dir):
     return Qwen2VLImageProcessorPil.from_pretrained(model_dir) if path.is_file() else Qwen2VLImageProcessorPil()
 
 
-def encode_example(layout: TokenLayout, image_processor, traj: Trajectory, max_length: int | None = None) -> dict:
-    """One trajectory → tensors: input_ids, labels, position_ids [3, S], pixel_values, image_grid_thw."""
-    enc = encode_trajectory(layout, traj)
+def encode_example(layout: TokenLayout, image_processor, traj: Trajectory, max_length: int | None = None,
+                   system_prompt: str | None = None) -> dict:
+    """One trajectory → tensors: input_ids, labels, position_ids [3, S], pixel_values, image_grid_thw.
+
+    `system_prompt`: the one the runtime will use for this model (`AskOptions.system_prompt`; None: the release's).
+    """
+    enc = encode_trajectory(layout, traj, system_prompt)
     if max_length is not None and len(enc.input_ids) > max_length:
         raise ValueError(f"trajectory of {len(enc.input_ids)} tokens exceeds max_length {max_length}")
     pix = image_processor(images=list(traj.images), do_resize=False, return_tensors="pt")
@@ -56,7 +60,10 @@ def encode_example(layout: TokenLayout, image_processor, traj: Trajectory, max_l
 
 
 class CoFCollator:
-    """Right-pads a list of `encode_example` dicts; images of the batch concatenated in sample order."""
+    """Right-pads a list of `encode_example` dicts; images of the batch concatenated in sample order.
+
+    Examples without `pixel_values` (text only: `drills.drill_example`) add rows and no images.
+    """
 
     def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
@@ -74,30 +81,37 @@ class CoFCollator:
             positions[:, i, :m] = e["position_ids"]
             if m < n:  # padding continues the positions (masked out anyway)
                 positions[:, i, m:] = e["position_ids"].max() + 1 + torch.arange(n - m)
-        return {
-            "input_ids": input_ids,
-            "attention_mask": attention,
-            "labels": labels,
-            "position_ids": positions,
-            "pixel_values": torch.cat([e["pixel_values"] for e in examples]),
-            "image_grid_thw": torch.cat([e["image_grid_thw"] for e in examples]),
-        }
+        batch = {"input_ids": input_ids, "attention_mask": attention, "labels": labels, "position_ids": positions}
+        with_images = [e for e in examples if "pixel_values" in e]
+        if with_images:
+            batch["pixel_values"] = torch.cat([e["pixel_values"] for e in with_images])
+            batch["image_grid_thw"] = torch.cat([e["image_grid_thw"] for e in with_images])
+        return batch
 
 
 class RecordCollator:
     """Dataset rows are trajectory records (JSON text + root dir, see training/cache.py); encoding happens here.
 
-    TRL wants a `datasets` dataset; Arrow holds the small records, not pixel tensors.
+    TRL wants a `datasets` dataset; Arrow holds the small records, not pixel tensors. With `drills` > 0 the first
+    `drills` trajectories of each batch also give a text-only retrieval drill (training/drills.py), as extra rows.
     """
 
-    def __init__(self, layout: TokenLayout, image_processor, pad_token_id: int):
+    def __init__(self, layout: TokenLayout, image_processor, pad_token_id: int, system_prompt: str | None = None,
+                 drills: int = 0):
+        from .drills import lookup_token_ids
+
         self.layout, self.image_processor, self.pad = layout, image_processor, CoFCollator(pad_token_id)
+        self.system_prompt, self.drills = system_prompt, drills
+        self.lookup_ids = lookup_token_ids(layout) if drills else frozenset()
 
     def __call__(self, rows: Sequence[dict]) -> dict:
         from .cache import CachedTrajectory
+        from .drills import drill_example
 
-        examples = [encode_example(self.layout, self.image_processor,
-                                   CachedTrajectory(json.loads(r["record"]), Path(r["root"])).load()) for r in rows]
+        trajectories = [CachedTrajectory(json.loads(r["record"]), Path(r["root"])).load() for r in rows]
+        examples = [encode_example(self.layout, self.image_processor, traj, system_prompt=self.system_prompt)
+                    for traj in trajectories]
+        examples += [drill_example(self.layout, traj, self.lookup_ids) for traj in trajectories[:self.drills]]
         return self.pad(examples)
 
 
@@ -184,11 +198,11 @@ def sft_config(out_dir, preset, **overrides):
 
 
 def make_trainer(model, tokenizer, train_dataset, args, layout: TokenLayout, image_processor, callbacks=(),
-                 optimizers=(None, None)):
+                 optimizers=(None, None), system_prompt: str | None = None, drills: int = 0):
     """`SFTTrainer` over trajectory records, encoded by `RecordCollator` (see module docstring)."""
     from trl import SFTTrainer
 
-    collator = RecordCollator(layout, image_processor, layout.special.end_of_text)
+    collator = RecordCollator(layout, image_processor, layout.special.end_of_text, system_prompt, drills)
     return SFTTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer,
                       data_collator=collator, callbacks=list(callbacks), optimizers=optimizers)
 

@@ -3,7 +3,8 @@
     python -m cof_training.train_default --preset cpu-default --out training/default_model [--resume]
 
 Steps: build the random init (small tokenizer, `preset.spec`) → pre-render the vsearch trajectory cache (unless
-`--cache` points at one, possibly still growing) → TRL SFTTrainer (training/sft.py) with checkpoints every
+`--cache` points at one, possibly still growing) → `preset.drill_warmup_steps` of retrieval drills (training/drills.py,
+once per work dir) → TRL SFTTrainer (training/sft.py) with checkpoints every
 `save_steps` (weights, optimizer, scheduler, RNG, step) under `--work-dir/checkpoints` → `--resume` continues from
 the latest. Each checkpoint is also exported to `--out` as a plain HF directory (weights, tokenizer, image processor)
 with `RECIPE.json` (preset, budgets the runtime must use, seeds, steps, wall time, command), so a usable model exists
@@ -48,6 +49,37 @@ def export_model(model, init_dir: Path, out: Path, recipe: dict) -> None:
     for f in tmp.iterdir():  # replace file by file: a reader never sees a half-written directory for long
         f.replace(out / f.name)
     tmp.rmdir()
+
+
+def drilled_init(init: Path, out: Path, cache: Path, preset, progress: bool = True) -> tuple[Path, dict]:
+    """The curriculum's first stage (training/drills.py): `init` trained on retrieval drills, saved to `out` once."""
+    report_file = out / "drill_warmup.json"
+    if report_file.is_file():
+        return out, json.loads(report_file.read_text())
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from cof_edge.protocol import TokenLayout
+
+    from .cache import read_cache
+    from .drills import warm_up
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(init, dtype=torch.float32)
+    layout = TokenLayout(Tokenizer.from_file(str(init / "tokenizer.json")))
+    report = warm_up(model, layout, [c.load for c in read_cache(cache)], preset.drill_warmup_steps,
+                     preset.drill_batch_size, preset.lr, seed=preset.seed, progress=progress)
+    print(f"drill warm-up: {report}")
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    for name in HF_FILES:
+        if (init / name).is_file():
+            shutil.copy(init / name, tmp / name)
+    (tmp / report_file.name).write_text(json.dumps(report))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out, report
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,6 +153,9 @@ def main(argv=None, extra_callbacks=()) -> int:
     cache = args.cache or work / "cache"
     if not read_cache(cache):
         build_cache(preset, cache, 0, preset.scenes, progress=not args.no_progress)
+    warm_up_report = None
+    if preset.drill_warmup_steps:  # done once per work dir; a resumed run finds it
+        init, warm_up_report = drilled_init(init, work / "init-drilled", cache, preset, progress=not args.no_progress)
 
     load_kwargs = {"dtype": torch.bfloat16 if preset.bf16 else torch.float32}
     if preset.quantization == "4bit":  # QLoRA (CUDA only): settings in training/configs/qlora_7b.json
@@ -154,6 +189,7 @@ def main(argv=None, extra_callbacks=()) -> int:
             "config": preset.to_dict(),
             "ask_options": dataclasses.asdict(preset.budgets),
             "trajectory": {"box_min_side": preset.box_min_side, "two_zoom_below": preset.two_zoom_below},
+            "drill_warmup": warm_up_report,
             "params": n_params,
             "seeds": {"init": preset.seed, "train": preset.seed, "data": preset.data_seed},
             "steps": step,
@@ -188,7 +224,7 @@ def main(argv=None, extra_callbacks=()) -> int:
         callbacks.append(Deadline())
     targs = sft_config(ckpt_dir, preset, disable_tqdm=args.no_progress)
     trainer = make_trainer(model, tokenizer, dataset, targs, layout, image_processor_for(init), callbacks=callbacks,
-                           optimizers=optimizers)
+                           optimizers=optimizers, system_prompt=preset.budgets.system_prompt, drills=preset.drills)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     trainer.save_model(str(ckpt_dir / "final"))
     wall_file.write_text(json.dumps({"seconds": wall_before + time.time() - t0, "step": trainer.state.global_step}))

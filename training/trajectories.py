@@ -243,8 +243,8 @@ def encode_turns(layout: TokenLayout, text: str, turns, views, system_prompt: st
     return Encoded(ids, labels, grids)
 
 
-def encode_trajectory(layout: TokenLayout, traj: Trajectory) -> Encoded:
-    return encode_turns(layout, traj.text, traj.turns, traj.views)
+def encode_trajectory(layout: TokenLayout, traj: Trajectory, system_prompt: str | None = None) -> Encoded:
+    return encode_turns(layout, traj.text, traj.turns, traj.views, system_prompt)
 
 
 def conversation_text(traj: Trajectory) -> str:
