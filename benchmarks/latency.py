@@ -1,7 +1,8 @@
 """Benchmark: latency, tokens and memory per question at each resolution, CoF on ONNX Runtime against what users
 would otherwise run.
 
-    python benchmarks/latency.py [--quick] [--bundle DIR --model HF_DIR] [--no-big] [--questions N] [--repeats N]
+    python benchmarks/latency.py [--quick] [--bundle DIR --model HF_DIR] [--no-big | --reuse-big] [--questions N]
+                                 [--repeats N]
                                  [--resolutions 224 ... 3840] [--threads N] [--out DIR] [--tag NAME]
 
 Questions: vsearch scenes (seed 4242) rendered at 3840x2160 and resized (LANCZOS) to each long side of
@@ -15,7 +16,8 @@ Questions: vsearch scenes (seed 4242) rendered at 3840x2160 and resized (LANCZOS
 * `global_only`: the global view only (`max_zooms` 0), the bundle's default variant.
 Models: the default trained model (the shipped bundle + training/default_model) and a ~300M random config (speed
 only; built and exported once into .cache/bench/qwen300m). A random model never stops early: its turns are capped
-at `--random-max-new-tokens` (32) and the output says so.
+at `--random-max-new-tokens` (32) and the output says so. `--reuse-big` keeps the ~300M rows of the existing
+results file instead (after retraining the default model: those random weights never change); the report says so.
 
 Each method runs in its own subprocess (peak resident memory = VmHWM, read after each resolution; resolutions run
 in increasing order, so it is the peak up to that resolution). Per resolution: one warm-up question, then
@@ -450,6 +452,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="the HF checkpoint the bundle came from")
     parser.add_argument("--name", default="default", help="the model's name in the results")
     parser.add_argument("--no-big", action="store_true", help="skip the ~300M random model")
+    parser.add_argument("--reuse-big", action="store_true",
+                        help="take the ~300M model's rows from the existing results file instead of rerunning them "
+                             "(its random weights never change; for a rerun after retraining the default model)")
     parser.add_argument("--big-dir", type=Path, default=CACHE / "qwen300m")
     parser.add_argument("--resolutions", type=int, nargs="+", default=None)
     parser.add_argument("--big-resolutions", type=int, nargs="+", default=None,
@@ -492,7 +497,13 @@ def main(argv: list[str] | None = None) -> dict:
     if hf is not None and hf.resolve() == DEFAULT_MODEL.resolve():
         hf = snapshot_model(hf, CACHE / "default_model_snapshot")
     models = {args.name: bench_model(args.name, args.bundle, hf, args, bool(bundle.exporter.get("random_weights")))}
-    if not args.quick and not args.no_big:
+    previous = args.out / f"latency{'-' + args.tag if args.tag else ''}.json"
+    if args.reuse_big and not args.quick and not args.no_big:
+        if not previous.is_file() or "qwen300m" not in json.loads(previous.read_text()).get("models", {}):
+            raise SystemExit(f"--reuse-big: {previous} has no ~300M model rows to reuse; run without it")
+        models["qwen300m"] = json.loads(previous.read_text())["models"]["qwen300m"]
+        models["qwen300m"]["reused"] = "rows from an earlier run of this benchmark (its random weights are fixed)"
+    elif not args.quick and not args.no_big:
         model_dir, big_bundle = ensure_big_model(args.big_dir, dict(bundle.budgets))
         big_args = argparse.Namespace(**vars(args))
         big_args.resolutions = tuple(args.big_resolutions or args.resolutions)

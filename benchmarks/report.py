@@ -61,6 +61,8 @@ def latency_section(name: str, data: dict, limits: dict | None) -> list[str]:
         notes = [model["max_new_tokens_note"]]
         if model.get("random_weights"):
             notes.append("random weights: speed only")
+        if model.get("reused"):
+            notes.append(model["reused"])
         if model.get("weights_match") is False:
             notes.append("**the bundle was exported from another checkpoint than the HF directory timed beside it**, so "
                          "the two paths ran different chains: compare per-token stage costs, not whole questions")

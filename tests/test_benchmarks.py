@@ -105,3 +105,23 @@ def test_report_regenerates_readme_deterministically(results, tmp_path):
     second = run("report.py", "--results", results_copy, "--readme", readme, "--no-plots")
     assert second["changed"] is False and readme.read_text() == text
     assert run("report.py", "--results", results_copy, "--readme", readme, "--check")["stale"] is False
+
+
+def test_latency_reuses_the_300m_rows_only_when_asked_and_present(results, bundles, tiny_models, tmp_path):
+    out, _ = results
+    previous = json.loads((out / "latency.json").read_text())
+    big = dict(previous["models"]["default"], random_weights=True)
+    previous["models"] = {"qwen300m": big}
+    (tmp_path / "latency.json").write_text(json.dumps(previous))
+    args = ["--bundle", bundles["small"], "--model", tiny_models["small"], "--resolutions", 224, "--methods",
+            "ort_int8", "transformers", "--questions", 1, "--repeats", 1, "--max-new-tokens", 8, "--threads", 1]
+    summary = run("latency.py", *args, "--reuse-big", "--out", tmp_path)
+    assert summary["models"] == ["default", "qwen300m"] and summary["headline_model"] == "qwen300m"
+    data = json.loads((tmp_path / "latency.json").read_text())
+    assert data["models"]["qwen300m"]["methods"] == big["methods"] and "earlier run" in data["models"]["qwen300m"]["reused"]
+    assert set(data["models"]["default"]["methods"]) == {"ort_int8", "transformers"}   # rerun, not copied
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = subprocess.run([sys.executable, str(BENCH / "latency.py"), *map(str, args), "--reuse-big", "--out", empty],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "no ~300M model rows to reuse" in proc.stderr
