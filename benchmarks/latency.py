@@ -499,9 +499,10 @@ def main(argv: list[str] | None = None) -> dict:
     models = {args.name: bench_model(args.name, args.bundle, hf, args, bool(bundle.exporter.get("random_weights")))}
     previous = args.out / f"latency{'-' + args.tag if args.tag else ''}.json"
     if args.reuse_big and not args.quick and not args.no_big:
-        if not previous.is_file() or "qwen300m" not in json.loads(previous.read_text()).get("models", {}):
+        earlier = json.loads(previous.read_text()).get("models", {}) if previous.is_file() else {}
+        if "qwen300m" not in earlier:
             raise SystemExit(f"--reuse-big: {previous} has no ~300M model rows to reuse; run without it")
-        models["qwen300m"] = json.loads(previous.read_text())["models"]["qwen300m"]
+        models["qwen300m"] = earlier["qwen300m"]
         models["qwen300m"]["reused"] = "rows from an earlier run of this benchmark (its random weights are fixed)"
     elif not args.quick and not args.no_big:
         model_dir, big_bundle = ensure_big_model(args.big_dir, dict(bundle.budgets))

@@ -61,7 +61,6 @@ class AskOptions:
         return dataclasses.replace(self, **overrides) if overrides else self
 
 
-
 def recipe_ask_options(model_dir) -> dict:
     """The option values a `cof_training` checkpoint was trained with (its RECIPE.json `ask_options`); {} if none."""
     recipe = Path(model_dir) / "RECIPE.json"

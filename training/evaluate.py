@@ -33,6 +33,8 @@ from cof_edge.data.vsearch import ATTRIBUTE
 from cof_edge.direct_answer import DirectAnswerEngine
 from cof_edge.options import recipe_ask_options
 
+from .trajectories import region_contains
+
 METHODS = ("no_zoom", "sft", "rl", "full_res")
 
 
@@ -78,8 +80,7 @@ def evaluate(model_dir, methods, n: int, seed: int = 777, resolutions=RESOLUTION
 
 def crops_hold(result, target) -> bool:
     """Whether one of the question's crops holds the whole `target` box (pixels of the image asked about)."""
-    return any(s.crop_region is not None and s.crop_region[0] <= target[0] and s.crop_region[1] <= target[1]
-               and s.crop_region[2] >= target[2] and s.crop_region[3] >= target[3] for s in result.steps)
+    return any(s.crop_region is not None and region_contains(s.crop_region, target) for s in result.steps)
 
 
 def summarize(stats, methods, resolutions, n, seed, model_dir, budgets) -> dict:

@@ -83,11 +83,6 @@ class Preset:
 # rope_theta 500 with mrope_section (2, 4, 10) gives both: column pairs from 0.1 down to 0.003 rad per step, rows
 # 0.14-0.46 rad. Zoom boxes are >= 48 view px (one merged token of slack either way) and crops are 336x336, so the
 # symbol stays >= 11 px after the wider crop is scaled down.
-# The release's tool prompt is ~260 tokens with the small tokenizer: half the default model's first prompt (so half
-# its prefill), and a from-scratch model learns nothing from a constant preamble. Shortening it alone did not teach
-# the colour lookup (still at chance after 700 steps); the drills of `cpu-drills` did.
-SHORT_SYSTEM_PROMPT = "You are a helpful assistant."
-
 CPU_DEFAULT = Preset(
     name="cpu-default",
     spec=TinySpec(text_hidden=128, text_layers=4, text_heads=4, text_kv_heads=2, text_intermediate=384,
@@ -125,9 +120,14 @@ GPU_7B = Preset(
 # the colour is learned in ~250 drill steps of 32 on short contexts and transfers to whole trajectories (colour CE
 # 0.004 after 700 SFT steps; cpu-default: chance, ln 8, after 1,600+). Its box digits and the option letter are not
 # learned in 55 minutes, and its zooms (a near-constant box) cost accuracy: not shipped (training/README.md).
+# The release's tool prompt is ~260 tokens with the small tokenizer: half the default model's first prompt (so half
+# its prefill), and a from-scratch model learns nothing from a constant preamble. Shortening it alone did not teach
+# the colour lookup (still at chance after 700 steps); the drills did.
+SHORT_SYSTEM_PROMPT = "You are a helpful assistant."
+
 CPU_DRILLS = dataclasses.replace(
     CPU_DEFAULT, name="cpu-drills",
-    budgets=Budgets(crop_max_pixels=336 * 336, system_prompt=SHORT_SYSTEM_PROMPT),
+    budgets=dataclasses.replace(CPU_DEFAULT.budgets, system_prompt=SHORT_SYSTEM_PROMPT),
     drill_warmup_steps=1500, drills=8,
 )
 

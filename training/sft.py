@@ -26,6 +26,7 @@ import torch
 from cof_edge.mrope import MRopeCursor
 from cof_edge.protocol import TokenLayout
 
+from .drills import drill_example, lookup_token_ids
 from .trajectories import Trajectory, encode_trajectory
 
 
@@ -98,15 +99,12 @@ class RecordCollator:
 
     def __init__(self, layout: TokenLayout, image_processor, pad_token_id: int, system_prompt: str | None = None,
                  drills: int = 0):
-        from .drills import lookup_token_ids
-
         self.layout, self.image_processor, self.pad = layout, image_processor, CoFCollator(pad_token_id)
         self.system_prompt, self.drills = system_prompt, drills
         self.lookup_ids = lookup_token_ids(layout) if drills else frozenset()
 
     def __call__(self, rows: Sequence[dict]) -> dict:
         from .cache import CachedTrajectory
-        from .drills import drill_example
 
         trajectories = [CachedTrajectory(json.loads(r["record"]), Path(r["root"])).load() for r in rows]
         examples = [encode_example(self.layout, self.image_processor, traj, system_prompt=self.system_prompt)

@@ -101,7 +101,8 @@ def _span(centre: float, span: float, limit: int) -> tuple[int, int]:
     return max(0, math.floor(lo)), min(limit, math.ceil(lo + span))
 
 
-def _contains(region, box) -> bool:
+def region_contains(region, box) -> bool:
+    """Whether `region` (x1, y1, x2, y2) holds the whole `box`."""
     return region[0] <= box[0] and region[1] <= box[1] and region[2] >= box[2] and region[3] >= box[3]
 
 
@@ -133,7 +134,7 @@ class _Builder:
         region = plan.view.region
         for target in targets:  # the runtime's crop must hold every target; grow the box until it does
             grow = self.cfg.box_min_side
-            while not _contains(region, target) and grow < 4 * max(self.view.size):
+            while not region_contains(region, target) and grow < 4 * max(self.view.size):
                 grow *= 1.5
                 box = view_box(_union(targets), self.view, grow)
                 region = plan_crop(box, self.view, self.original.size, self.cfg.options.crop_settings).view.region
