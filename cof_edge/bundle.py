@@ -17,6 +17,7 @@ FORMAT_VERSION = 1
 MANIFEST = "cof.json"
 GRAPH_KINDS = ("embed", "vision", "decoder")
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
+KV_CACHE_MODES = ("append", "in_place")
 
 
 class BundleError(ValueError):
@@ -34,6 +35,9 @@ class GraphEntry:
     flavour: str = "standard"      # standard (ONNX domain ops only, TensorRT-parsable) | contrib (ORT contrib ops)
     inputs: dict[str, list] = field(default_factory=dict)      # name -> [dtype, [dims]] (symbolic dims as str)
     outputs: dict[str, list] = field(default_factory=dict)
+    # decoders only. append: present = past + new positions (any attention); in_place: the graph writes the new
+    # positions into the past buffer, sized to a capacity and bound as the present too (GroupQueryAttention)
+    kv_cache: str = "append"
 
 
 @dataclass
@@ -74,6 +78,11 @@ class Bundle:
     @classmethod
     def from_dict(cls, data: dict) -> "Bundle":
         data = dict(data)
+        graph_fields = {f.name for f in dataclasses.fields(GraphEntry)}
+        for graph_id, entry in data.get("graphs", {}).items():
+            if set(entry) - graph_fields:
+                raise BundleError(f"{MANIFEST}: graph {graph_id!r} has unknown fields {sorted(set(entry) - graph_fields)}"
+                                  f": written by a newer cof-edge? upgrade cof-edge")
         data["graphs"] = {k: GraphEntry(**v) for k, v in data.get("graphs", {}).items()}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
@@ -93,6 +102,8 @@ class Bundle:
         for graph in self.graphs.values():
             if graph.precision not in PRECISIONS:
                 raise BundleError(f"graph {graph.file}: unknown precision {graph.precision!r}")
+            if graph.kv_cache not in KV_CACHE_MODES:
+                raise BundleError(f"graph {graph.file}: unknown kv_cache {graph.kv_cache!r} (one of {KV_CACHE_MODES})")
 
 
 def file_sha256(path: Path) -> str:

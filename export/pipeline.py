@@ -150,7 +150,7 @@ def _export_fp32(model, staging: Path) -> dict:
     return graphs
 
 
-def _entry(root: Path, file: str, kind: str, precision: str) -> GraphEntry:
+def _entry(root: Path, file: str, kind: str, precision: str, kv_cache: str = "append") -> GraphEntry:
     path = root / file
     data_files = {name: file_sha256(root / name) for name in external_data_files(path)}
     for name in [file, *data_files]:
@@ -159,7 +159,7 @@ def _entry(root: Path, file: str, kind: str, precision: str) -> GraphEntry:
     flavour = "standard" if not non_standard_ops(path) else "contrib"
     size = path.stat().st_size + sum((root / name).stat().st_size for name in data_files)
     return GraphEntry(file=file, kind=kind, precision=precision, sha256=file_sha256(path), bytes=size,
-                      data_files=data_files, flavour=flavour, inputs=inputs, outputs=outputs)
+                      data_files=data_files, flavour=flavour, inputs=inputs, outputs=outputs, kv_cache=kv_cache)
 
 
 def external_data_files(path: Path) -> list[str]:

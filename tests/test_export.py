@@ -157,6 +157,15 @@ def test_bundle_errors_name_the_file_and_what_to_do(bundles, tmp_path):
     (broken / "cof.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="outside the bundle directory"):
         load_bundle(broken)
+    manifest["graphs"]["embed.fp32"]["file"] = "embed.fp32.onnx"
+    manifest["graphs"]["decoder.fp32"]["kv_cache"] = "ring"
+    (broken / "cof.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="decoder.fp32.onnx: unknown kv_cache 'ring'"):
+        load_bundle(broken)
+    manifest["graphs"]["decoder.fp32"]["paged"] = True
+    (broken / "cof.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="graph 'decoder.fp32' has unknown fields \\['paged'\\].*upgrade cof-edge"):
+        load_bundle(broken)
 
 
 def test_full_ask_on_a_bundle_without_torch(bundles):

@@ -65,3 +65,61 @@ def test_fused_bundle_answers_exactly_like_transformers(fused_bundle, tiny_model
         runs[name] = run_chain(engine, image, max_new_tokens=20)
     assert runs["ort"].token_ids == runs["hf"].token_ids
     assert runs["ort"].result.answer == runs["hf"].result.answer
+
+
+def test_fused_int8_is_the_builders_fp32_graph_quantized_dynamically(fused_bundle, tiny_models, tmp_path):
+    import collections
+
+    import numpy as np
+    import onnx
+
+    from cof_export.fused import build_fused_decoder, session
+
+    bundle = load_bundle(fused_bundle)
+    text = bundle.text
+    out = tmp_path / "decoder.int8-fused.onnx"
+    build_fused_decoder(tiny_models["small"], out, "int8", text["layers"], text["head_dim"])
+    ops = collections.Counter(n.op_type for n in onnx.load(str(out), load_external_data=False).graph.node)
+    assert ops["GroupQueryAttention"] == text["layers"] and ops["MatMulInteger"] == 7 * text["layers"] + 1, ops
+    assert "MatMulNBits" not in ops                      # not the builder's own (slow to prefill) 8-bit blocks
+    assert graph_signature(out) == graph_signature(fused_bundle / bundle.graphs["decoder.fp32-fused"].file)
+
+    rng = np.random.default_rng(0)
+    feeds = {"inputs_embeds": rng.standard_normal((1, 12, text["hidden"]), dtype=np.float32),
+             "attention_mask": np.ones((1, 12), np.int64),
+             "position_ids": np.broadcast_to(np.arange(12), (3, 1, 12)).copy()}
+    feeds.update({f"past_{kind}.{i}": np.zeros((1, text["kv_heads"], 0, text["head_dim"]), np.float32)
+                  for i in range(text["layers"]) for kind in ("key", "value")})
+    fp32 = session(fused_bundle / bundle.graphs["decoder.fp32-fused"].file).run(None, feeds)[0]
+    int8 = session(out).run(None, feeds)[0]
+    assert not np.array_equal(int8, fp32)                # quantized for real ...
+    assert np.abs(int8 - fp32).max() < 0.05 * np.abs(fp32).max() and int8.argmax() == fp32.argmax()   # ... closely
+
+
+def test_fused_decoder_writes_kv_in_place_across_buffer_growth(fused_bundle, monkeypatch):
+    import numpy as np
+
+    from cof_edge.backends import onnx_backend
+    from cof_edge.backends.onnx_backend import OnnxBackend
+
+    bundle = load_bundle(fused_bundle)
+    assert bundle.graphs["decoder.fp32-fused"].kv_cache == "in_place"
+    assert bundle.graphs["decoder.fp32"].kv_cache == "append"
+    monkeypatch.setattr(onnx_backend, "KV_MIN_CAPACITY", 8)
+    in_place = OnnxBackend(fused_bundle, variant="fp32-fused").new_session()
+    appending_backend = OnnxBackend(fused_bundle, variant="fp32-fused")
+    appending_backend.kv_in_place = False          # the same graph, bound the way a plain decoder is
+    appending = appending_backend.new_session()
+    rng = np.random.default_rng(3)
+    start, capacities = 0, []
+    for length in (6, 1, 1, 1, 1, 1, 7, 1, 1, 9):   # prompt, decode steps, a zoom turn's chunk, ...: 8 → 16 → 32
+        tokens = rng.integers(10, 200, length)
+        positions = np.broadcast_to(np.arange(start, start + length), (3, length)).copy()
+        ours, theirs = (s.forward(tokens, positions, []) for s in (in_place, appending))
+        np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5)
+        start += length
+        capacities.append(in_place.capacity)
+    assert capacities == [8, 8, 8, 16, 16, 16, 32, 32, 32, 32]
+    past = next(iter(in_place.past.values())).numpy()
+    assert past.shape[2] == 32 and not past[:, :, start:].any()     # one buffer, written up to the cached length
+    assert next(iter(appending.past.values())).numpy().shape[2] == start == 29

@@ -21,6 +21,8 @@ from ..images import SourceImage
 from ..preprocess import preprocess
 from ..providers import choose_providers, session_providers
 
+KV_MIN_CAPACITY = 1024   # positions an in-place KV buffer starts with; it doubles when a forward would overflow it
+
 class OnnxBackend:
     name = "onnxruntime"
 
@@ -51,6 +53,7 @@ class OnnxBackend:
         text = self.bundle.text
         self.kv_shape = (text["kv_heads"], text["head_dim"])
         self.max_context = text.get("max_position_embeddings")
+        self.kv_in_place = graphs["decoder"].kv_cache == "in_place"
 
     def _open(self, entry, kind: str, options) -> ort.InferenceSession:
         """An ORT session for one graph, checked against the signature cof.json recorded for it."""
@@ -91,15 +94,32 @@ def kv_device(providers: Sequence[str]) -> str:
 
 class OnnxSession:
     """One conversation. Present K/V come back as ORT values bound as the next step's past, never copied to host
-    (on CUDA they stay on the device); only the last-token logits are fetched."""
+    (on CUDA they stay on the device); only the last-token logits are fetched. With an in-place decoder
+    (`kv_cache: in_place`) each layer's past is one buffer of `capacity` positions, bound as its present too: a
+    step writes only its new positions instead of copying the whole cache into a fresh present."""
 
     def __init__(self, backend: OnnxBackend):
         self.backend = backend
         self.device = kv_device(backend.providers)
-        heads, head_dim = backend.kv_shape
-        empty = np.zeros((1, heads, 0, head_dim), backend.kv_dtype)
-        self.past = {name: ort.OrtValue.ortvalue_from_numpy(empty, self.device) for name in backend.past_names}
         self.cached_tokens = 0
+        self.capacity = 0
+        self.past = self._kv_buffers(0)
+
+    def _kv_buffers(self, positions: int) -> dict[str, ort.OrtValue]:
+        """Zeroed past buffers of `positions` positions holding the cached prefix of the current ones."""
+        heads, head_dim = self.backend.kv_shape
+        buffers = {}
+        for name in self.backend.past_names:
+            buffer = np.zeros((1, heads, positions, head_dim), self.backend.kv_dtype)
+            if self.cached_tokens:
+                buffer[:, :, :self.cached_tokens] = self.past[name].numpy()[:, :, :self.cached_tokens]
+            buffers[name] = ort.OrtValue.ortvalue_from_numpy(buffer, self.device)
+        return buffers
+
+    def _reserve(self, total: int) -> None:
+        if total > self.capacity:
+            self.capacity = max(KV_MIN_CAPACITY, 1 << (total - 1).bit_length())
+            self.past = self._kv_buffers(self.capacity)
 
     def forward(self, token_ids: np.ndarray, positions: np.ndarray, image_embeds: Sequence[np.ndarray]) -> np.ndarray:
         backend = self.backend
@@ -111,6 +131,8 @@ class OnnxSession:
                 raise ValueError(f"{len(image_rows)} image tokens but {len(vision)} image embeddings")
             embeds[0, image_rows] = vision
         total = self.cached_tokens + len(token_ids)
+        if backend.kv_in_place:
+            self._reserve(total)
         binding = backend.sessions["decoder"].io_binding()
         binding.bind_cpu_input("inputs_embeds", embeds)
         binding.bind_cpu_input("attention_mask", np.ones((1, total), np.int64))
@@ -118,10 +140,14 @@ class OnnxSession:
         for name, value in self.past.items():
             binding.bind_ortvalue_input(name, value)
         binding.bind_output("logits", "cpu")
-        for name in backend.present_names:
-            binding.bind_output(name, self.device)
+        for past_name, name in zip(backend.past_names, backend.present_names):
+            if backend.kv_in_place:
+                binding.bind_ortvalue_output(name, self.past[past_name])
+            else:
+                binding.bind_output(name, self.device)
         backend.sessions["decoder"].run_with_iobinding(binding)
         outputs = binding.get_outputs()
-        self.past = dict(zip(backend.past_names, outputs[1:]))
+        if not backend.kv_in_place:
+            self.past = dict(zip(backend.past_names, outputs[1:]))
         self.cached_tokens = total
         return outputs[0].numpy()[0].astype(np.float32, copy=False)
