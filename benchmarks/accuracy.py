@@ -29,8 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (DEFAULT_BUNDLE, EVAL_SEED, RESULTS, full_res_overrides, machine,  # noqa: E402
-                    progress, say)
+from common import DEFAULT_BUNDLE, EVAL_SEED, RESULTS, machine, progress, say  # noqa: E402
 
 from cof_edge import FocusEngine  # noqa: E402
 from cof_edge.actions import answer_letter  # noqa: E402
@@ -38,6 +37,7 @@ from cof_edge.atomic import atomic_write_json  # noqa: E402
 from cof_edge.direct_answer import DirectAnswerEngine  # noqa: E402
 from cof_edge.data import CATEGORIES, RESOLUTIONS, read_vstar, render_sample, resize_to_long_side  # noqa: E402
 from cof_edge.geometry import global_view  # noqa: E402
+from cof_edge.options import full_resolution_overrides  # noqa: E402
 
 METHODS = ("cof", "no_zoom", "full_res")
 QUICK_RESOLUTIONS = (224, 1024, 3840)
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
                 else:
                     extra = {"max_zooms": 0}
                     if method == "full_res":
-                        extra = full_res_overrides(image.size, cof.options)
+                        extra = full_resolution_overrides(image.size, cof.options)
                         tokens = global_view(image.size, cof.options.global_min_pixels,
                                              extra["global_max_pixels"]).visual_tokens
                         if args.max_full_res_tokens is not None and tokens > args.max_full_res_tokens:

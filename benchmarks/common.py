@@ -138,13 +138,6 @@ def last_json_line(text: str) -> dict:
     return json.loads(lines[-1])
 
 
-def full_res_overrides(image_size: tuple[int, int], options) -> dict:
-    """The single pass without zoom at the image's native resolution: one view of all its pixels."""
-    width, height = image_size
-    pixels = max(width * height, options.global_min_pixels)
-    return {"global_max_pixels": pixels, "max_zooms": 0}
-
-
 def load_json(path: Path) -> dict | None:
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))

@@ -43,13 +43,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (CACHE, DEFAULT_BUNDLE, DEFAULT_MODEL, LATENCY_SEED, RESULTS, full_res_overrides,  # noqa: E402
+from common import (CACHE, DEFAULT_BUNDLE, DEFAULT_MODEL, LATENCY_SEED, RESULTS,  # noqa: E402
                     last_json_line, load_json, machine, progress, rss_mb, say, spread)
 
 import limits as limits_mod  # noqa: E402
 
 from cof_edge.atomic import atomic_write_json  # noqa: E402
 from cof_edge.data import RESOLUTIONS  # noqa: E402
+from cof_edge.options import full_resolution_overrides  # noqa: E402
 
 VARIANTS = ("fp32", "int8", "int4", "fp16", "fp32-fused", "int8-fused", "int4-fused")
 QUICK_RESOLUTIONS = (224, 1024, 3840)
@@ -134,7 +135,7 @@ def run_worker(spec: dict) -> dict:
         images = [resize_to_long_side(s.image, res) for s in samples]
         extra = {}
         if method == "full_res":
-            extra = full_res_overrides(images[0].size, engine.options)
+            extra = full_resolution_overrides(images[0].size, engine.options)
             tokens = global_view(images[0].size, engine.options.global_min_pixels,
                                  extra["global_max_pixels"]).visual_tokens
             cap = spec["max_full_res_tokens"]

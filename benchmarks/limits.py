@@ -2,11 +2,12 @@
 
     python benchmarks/limits.py [--quick] [--latency benchmarks/results/latency.json] [--out DIR]
 
-Measured in the same run: memory bandwidth (numpy: read = sum of a large float32 array; copy = read + write) and
+Measured in the same run: memory bandwidth (numpy: read = sum of a large float32 array; copy = read + write; dot;
+each on one core and on all cores at once) and
 matmul throughput (numpy float32 GEMM GFLOP/s; onnxruntime int8 MatMulInteger GOP/s when onnx is installed).
 Derived for each model of a latency run (its `models[*].limits_inputs`):
 * decode bound (ms/token) = (decoder weight bytes + KV-cache bytes at the measured context) / bandwidth (the
-  highest of the read, copy and dot kernels);
+  highest of the read, copy and dot kernels, one core or all);
 * vision bound (ms/view) = vision FLOPs of the view / float32 GEMM throughput;
 and the achieved fraction of each: bound_ms / measured_ms (1.0 = at the roofline).
 Writes `limits.json` under `--out` (default benchmarks/results/). The LAST line printed is a one-line JSON summary.
@@ -16,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -38,19 +41,38 @@ def _best_seconds(fn, repeats: int) -> float:
     return best
 
 
-def measure_bandwidth(mb: int = 256, repeats: int = 5) -> dict:
+def _parallel_seconds(kernel, chunks: list, repeats: int) -> float:
+    """Best wall time of `kernel(chunk)` run on every chunk at once, one Python thread each (numpy releases the
+    GIL inside these kernels, so the threads run on separate cores)."""
+    if len(chunks) == 1:
+        return _best_seconds(lambda: kernel(chunks[0]), repeats)
+    with ThreadPoolExecutor(len(chunks)) as pool:
+        return _best_seconds(lambda: list(pool.map(kernel, chunks)), repeats)
+
+
+def measure_bandwidth(mb: int = 256, repeats: int = 5, cores: int | None = None) -> dict:
     """GB/s (1e9 bytes) over `mb` MiB arrays, best of `repeats`: numpy sum (read), copy (read + write) and a BLAS
-    dot of two arrays (read both). `bound_gbs`, the one the bounds use, is the highest: each kernel alone
-    underestimates what the memory system gives (a numpy sum is partly compute-bound)."""
+    dot of two arrays (read both), each on one core and split over all `cores` at once. `bound_gbs`, the one the
+    bounds use, is the highest of them: each kernel alone underestimates what the memory system gives (a numpy sum
+    is partly compute-bound, one core may not saturate the memory controllers), and the highest keeps the bound
+    honest whatever thread count the decode ran with."""
+    cores = cores or len(os.sched_getaffinity(0))
     n = mb * 2**20 // 4
     src = np.ones(n, np.float32)
     dst = np.empty_like(src)
-    read_s = _best_seconds(lambda: src.sum(), repeats)
-    copy_s = _best_seconds(lambda: np.copyto(dst, src), repeats)
-    dot_s = _best_seconds(lambda: np.dot(src, dst), repeats)
-    out = {"array_mb": mb, "read_gbs": round(src.nbytes / read_s / 1e9, 2),
-           "copy_gbs": round(2 * src.nbytes / copy_s / 1e9, 2), "dot_gbs": round(2 * src.nbytes / dot_s / 1e9, 2)}
-    out["bound_gbs"] = max(out["read_gbs"], out["copy_gbs"], out["dot_gbs"])
+    out = {"array_mb": mb, "cores": cores}
+    for suffix, parts in (("", 1), ("_all_cores", cores)):
+        if suffix and parts == 1:
+            continue
+        edges = np.linspace(0, n, parts + 1).astype(int)
+        pairs = [(src[a:b], dst[a:b]) for a, b in zip(edges[:-1], edges[1:])]
+        read_s = _parallel_seconds(lambda p: p[0].sum(), pairs, repeats)
+        copy_s = _parallel_seconds(lambda p: np.copyto(p[1], p[0]), pairs, repeats)
+        dot_s = _parallel_seconds(lambda p: np.dot(p[0], p[1]), pairs, repeats)
+        out[f"read_gbs{suffix}"] = round(src.nbytes / read_s / 1e9, 2)
+        out[f"copy_gbs{suffix}"] = round(2 * src.nbytes / copy_s / 1e9, 2)
+        out[f"dot_gbs{suffix}"] = round(2 * src.nbytes / dot_s / 1e9, 2)
+    out["bound_gbs"] = max(value for key, value in out.items() if "_gbs" in key)
     return out
 
 

@@ -150,7 +150,11 @@ def limits_section(limits: dict) -> list[str]:
            + f" ({limits['mode']} run, "
            f"{limits['machine']['date_utc']}): memory bandwidth {limits['bandwidth'].get('bound_gbs')} GB/s, the best "
            f"of read {limits['bandwidth']['read_gbs']}, copy {limits['bandwidth']['copy_gbs']} and dot "
-           f"{limits['bandwidth'].get('dot_gbs')} GB/s (numpy); float32 GEMM {limits['gemm']['fp32_gflops']} "
+           f"{limits['bandwidth'].get('dot_gbs')} GB/s on one core"
+           + (f" and {limits['bandwidth']['read_gbs_all_cores']}, {limits['bandwidth']['copy_gbs_all_cores']} and "
+              f"{limits['bandwidth']['dot_gbs_all_cores']} GB/s on all {limits['bandwidth']['cores']}"
+              if "dot_gbs_all_cores" in limits["bandwidth"] else "")
+           + f" (numpy); float32 GEMM {limits['gemm']['fp32_gflops']} "
            f"GFLOP/s (numpy)"
            + (f"; int8 MatMulInteger {limits['ort_int8']['int8_gops']} GOP/s (onnxruntime)"
               if limits.get("ort_int8") else "") + ".", "",
@@ -179,7 +183,8 @@ def limits_section(limits: dict) -> list[str]:
 def accuracy_section(name: str, data: dict, training: bool) -> list[str]:
     res = data["resolutions"]
     if training:
-        head = (f"### Accuracy per resolution ({name}, training/evaluate.py: {data.get('model', '?')}, "
+        rl = f" (rl: {data['rl_model']})" if data.get("rl_model") else ""
+        head = (f"### Accuracy per resolution ({name}, training/evaluate.py: {data.get('model', '?')}{rl}, "
                 f"{data.get('n_per_resolution')} questions per resolution, seed {data.get('eval_seed', '?')})")
     else:
         head = f"### Accuracy per resolution ({name}, {data.get('mode', '?')} run: {data.get('title', '')})"

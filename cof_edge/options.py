@@ -61,6 +61,13 @@ class AskOptions:
         return dataclasses.replace(self, **overrides) if overrides else self
 
 
+def full_resolution_overrides(image_size: tuple[int, int], options: AskOptions) -> dict:
+    """`ask()` overrides for the single pass without zoom at the image's native resolution: one view of all its
+    pixels (the baseline CoF is measured against)."""
+    width, height = image_size
+    return {"global_max_pixels": max(width * height, options.global_min_pixels), "max_zooms": 0}
+
+
 def recipe_ask_options(model_dir) -> dict:
     """The option values a `cof_training` checkpoint was trained with (its RECIPE.json `ask_options`); {} if none."""
     recipe = Path(model_dir) / "RECIPE.json"

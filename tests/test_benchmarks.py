@@ -81,6 +81,19 @@ def test_limits_summary_and_files(results):
     assert decode and all(e["bound_ms"] > 0 and e["fraction"] > 0 for e in decode.values())
 
 
+def test_bandwidth_bound_is_the_best_kernel_on_one_core_or_all(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import limits
+
+    result = limits.measure_bandwidth(mb=8, repeats=1, cores=2)
+    per_kernel = {k: v for k, v in result.items() if "_gbs" in k and k != "bound_gbs"}
+    assert set(per_kernel) == {f"{kernel}_gbs{suffix}" for kernel in ("read", "copy", "dot")
+                               for suffix in ("", "_all_cores")}
+    assert result["cores"] == 2 and result["bound_gbs"] == max(per_kernel.values()) > 0
+    one_core = limits.measure_bandwidth(mb=8, repeats=1, cores=1)
+    assert not any(k.endswith("_all_cores") for k in one_core)
+
+
 def test_report_regenerates_readme_deterministically(results, tmp_path):
     out, _ = results
     results_copy = tmp_path / "results"

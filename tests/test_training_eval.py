@@ -86,3 +86,52 @@ def test_merge_and_plot(tmp_path):
     assert merged["methods"]["rl"] is None
     plot(merged, tmp_path / "acc.png")
     assert (tmp_path / "acc.png").stat().st_size > 1000
+    # one method split across processes by resolution: the rows join, in resolution order
+    high = json.loads(json.dumps(base)); high["resolutions"] = [1024, 3840]
+    high["methods"]["rl"] = [50.0, 60.0]; high["skipped"] = {"full_res": {"3840": "too many tokens"}}
+    high["by_category"] = {"rl": {"direct_attributes": [40.0, 70.0]}}
+    low = json.loads(json.dumps(base)); low["resolutions"] = [224, 448]
+    low["methods"]["rl"] = [20.0, 30.0]; low["by_category"] = {"rl": {"direct_attributes": [10.0, 15.0]}}
+    (tmp_path / "high.json").write_text(json.dumps(high))
+    (tmp_path / "low.json").write_text(json.dumps(low))
+    joined = merge([tmp_path / "high.json", tmp_path / "low.json", tmp_path / "b.json"])
+    assert joined["resolutions"] == [224, 448, 1024, 3840]
+    assert joined["methods"]["rl"] == [20.0, 30.0, 50.0, 60.0]
+    assert joined["methods"]["no_zoom"] == [30.0, None, None, 35.0]
+    assert joined["by_category"]["rl"]["direct_attributes"] == [10.0, 15.0, 40.0, 70.0]
+    assert joined["skipped"] == {"full_res": {"3840": "too many tokens"}}
+    assert list(joined["methods"]) == ["no_zoom", "sft", "rl", "full_res"]
+    plot(joined, tmp_path / "acc.png")
+    assert (tmp_path / "acc.png").stat().st_size > 1000
+
+
+def test_full_resolution_overrides_give_one_view_of_the_native_pixels():
+    from cof_edge.geometry import global_view
+    from cof_edge.options import AskOptions, full_resolution_overrides
+
+    options = AskOptions()  # a 256-token global view by default
+    overrides = full_resolution_overrides((1920, 1080), options)
+    assert overrides["max_zooms"] == 0
+    view = global_view((1920, 1080), options.global_min_pixels, overrides["global_max_pixels"])
+    width, height = view.size
+    assert abs(width - 1920) <= 28 and abs(height - 1080) <= 28 and view.visual_tokens > 2500
+    tiny = full_resolution_overrides((50, 40), options)  # never under the minimum view
+    assert tiny["global_max_pixels"] == options.global_min_pixels
+
+
+def test_evaluate_runs_rl_from_its_own_checkpoint_and_skips_oversized_full_res_views(tiny_models, tmp_path):
+    from cof_training.evaluate import evaluate
+
+    model = tiny_models["small"]
+    with pytest.raises(ValueError, match="--rl-model"):
+        evaluate(model, ["rl"], n=1, resolutions=(224,), log=None)
+    lines, partials = [], []
+    result = evaluate(model, ["full_res", "rl"], n=5, resolutions=(224, 1024), max_new_tokens=8, log=lines.append,
+                      rl_model=model, max_full_res_tokens=200, checkpoint=partials.append)
+    assert len(lines) == 1 and lines[0].startswith("[5/5]") and len(partials) == 1
+    assert result["rl_model"] == str(model)
+    assert result["methods"]["full_res"][0] is not None and result["methods"]["full_res"][1] is None
+    assert "over --max-full-res-tokens 200" in result["skipped"]["full_res"]["1024"]
+    assert result["avg_zooms"]["full_res"][0] == 0
+    assert all(v is not None for v in result["methods"]["rl"])
+    assert result["methods"]["sft"] is None and result["methods"]["no_zoom"] is None

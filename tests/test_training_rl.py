@@ -82,3 +82,29 @@ def test_one_grpo_step_changes_the_weights(tmp_path):
     assert stats["generated_tokens"] > 0 and stats["reward_std"] > 0
     changed = [k for k, v in model.state_dict().items() if not torch.equal(before[k], v)]
     assert changed
+
+
+def test_rl_command_saves_every_n_steps_and_records_the_run(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    import json
+
+    import cof_training.train_default as train_default
+    from cof_training.rl import main
+    from cof_training.tiny import build_tiny_model
+
+    model_dir = build_tiny_model(tmp_path / "m", tokenizer="small", seed=0)
+    saved_steps, real_export = [], train_default.export_model
+
+    def recording_export(model, init_dir, out, recipe):
+        saved_steps.append(recipe["rl"]["steps"])
+        real_export(model, init_dir, out, recipe)
+
+    monkeypatch.setattr(train_default, "export_model", recording_export)
+    out = tmp_path / "rl"
+    assert main(["--model", str(model_dir), "--out", str(out), "--steps", "3", "--questions", "1",
+                 "--group-size", "2", "--resolution", "224", "--save-every", "2"]) == 0
+    assert saved_steps == [2, 3]
+    recipe = json.loads((out / "RECIPE.json").read_text())
+    assert recipe["rl"]["steps"] == 3 and [e["step"] for e in recipe["rl"]["log"]] == [1, 2, 3]
+    assert "--save-every 2" in recipe["rl"]["command"]
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()

@@ -4,13 +4,17 @@
         --out benchmarks/results/accuracy.json
 
 Methods:
-* `sft` / `rl`: CoF, the model zooms as it likes (`max_zooms` 2 by default).
+* `sft` / `rl`: CoF, the model zooms as it likes (`max_zooms` 2 by default); `rl` runs the checkpoint of
+  `--rl-model` (written by `cof_training.rl`), the others `--model`.
 * `no_zoom`: the same model answering from the global view only: `max_zooms=0` plus *answer forcing* in greedy
   decoding (`cof_edge.direct_answer.DirectAnswerEngine`): after `</think>` the tokens of ` <answer` (as trained) are forced, then the
   option letter with the highest logit, and `<tool_call>` is banned, so the letter is the model's own best guess
   from the global view (a model trained to zoom would otherwise just end on `max_zooms` with no answer). Its
   `<think>` text is its own.
-* `full_res` is not run for the default model (it never saw views beyond its budget); null in the JSON.
+* `full_res`: the single pass without zoom at the image's native resolution (one view of all its pixels,
+  `cof_edge.options.full_resolution_overrides`), with the same answer forcing as `no_zoom`. Views of more than
+  `--max-full-res-tokens` visual tokens are skipped (null, with the reason under `skipped`): the vision tower's
+  full-attention blocks grow with the square of the view.
 `zoom_hit_rate` (per method and resolution, %): of the attribute questions the model zoomed on, how many had a crop
 holding the whole asked tag: whether the model looks in the right place, apart from whether it reads it right.
 The budgets are the model's RECIPE.json `ask_options` (what it was trained with; `FocusEngine.from_pretrained`
@@ -31,32 +35,46 @@ from cof_edge.actions import answer_letter
 from cof_edge.data import RESOLUTIONS, render_sample, resize_to_long_side, scale_box
 from cof_edge.data.vsearch import ATTRIBUTE
 from cof_edge.direct_answer import DirectAnswerEngine
-from cof_edge.options import recipe_ask_options
+from cof_edge.geometry import global_view
+from cof_edge.options import full_resolution_overrides, recipe_ask_options
 
 from .trajectories import region_contains
 
 METHODS = ("no_zoom", "sft", "rl", "full_res")
+PER_RESOLUTION = ("methods", "avg_zooms", "zoom_hit_rate")  # result keys holding {method: [value per resolution]}
 
 
 def evaluate(model_dir, methods, n: int, seed: int = 777, resolutions=RESOLUTIONS, max_zooms: int = 2,
-             max_new_tokens: int = 96, threads: int = 1, log=print, checkpoint=None) -> dict:
+             max_new_tokens: int = 96, threads: int = 1, log=print, checkpoint=None, rl_model=None,
+             max_full_res_tokens: int | None = None) -> dict:
     """`checkpoint(partial_result)` is called every 5 questions (the run can be cut and still report)."""
     model_dir = Path(model_dir)
+    if "rl" in methods and rl_model is None:
+        raise ValueError("the rl method needs the RL checkpoint: --rl-model DIR (written by cof_training.rl)")
     budgets = recipe_ask_options(model_dir)
     engines = {}
     for m in methods:
-        cls = DirectAnswerEngine if m == "no_zoom" else FocusEngine
-        engines[m] = cls.from_pretrained(model_dir, threads=threads)
+        cls = FocusEngine if m in ("sft", "rl") else DirectAnswerEngine
+        engines[m] = cls.from_pretrained(Path(rl_model) if m == "rl" else model_dir, threads=threads)
     stats = {m: {r: {"correct": 0, "n": 0, "zooms": 0, "by_category": {}, "hits": [0, 0]} for r in resolutions}
              for m in methods}
+    skipped = {}
     t0 = time.time()
     for i in range(n):
         sample = render_sample(seed, i)
         for res in resolutions:
             image = resize_to_long_side(sample.image, res)
             for m in methods:
-                zooms = 0 if m == "no_zoom" else max_zooms
-                result = engines[m].ask(image, sample.text, max_zooms=zooms, max_new_tokens=max_new_tokens)
+                overrides = {"max_zooms": 0 if m == "no_zoom" else max_zooms}
+                if m == "full_res":
+                    overrides = full_resolution_overrides(image.size, engines[m].options)
+                    tokens = global_view(image.size, engines[m].options.global_min_pixels,
+                                         overrides["global_max_pixels"]).visual_tokens
+                    if max_full_res_tokens is not None and tokens > max_full_res_tokens:
+                        skipped.setdefault(m, {})[str(res)] = (
+                            f"one {tokens}-token view is over --max-full-res-tokens {max_full_res_tokens}")
+                        continue
+                result = engines[m].ask(image, sample.text, max_new_tokens=max_new_tokens, **overrides)
                 ok = answer_letter(result.answer) == sample.label
                 s = stats[m][res]
                 s["n"] += 1
@@ -70,12 +88,12 @@ def evaluate(model_dir, methods, n: int, seed: int = 777, resolutions=RESOLUTION
                     s["hits"][0] += crops_hold(result, target)
                     s["hits"][1] += 1
         if (i + 1) % 5 == 0:
-            accs = {m: [round(100 * stats[m][r]["correct"] / stats[m][r]["n"]) for r in resolutions] for m in methods}
+            partial = summarize(stats, methods, resolutions, i + 1, seed, model_dir, budgets, skipped, rl_model)
             if log:
-                log(f"[{i + 1}/{n}] {time.time() - t0:.0f}s {accs}")
+                log(f"[{i + 1}/{n}] {time.time() - t0:.0f}s {({m: partial['methods'][m] for m in methods})}")
             if checkpoint:
-                checkpoint(summarize(stats, methods, resolutions, i + 1, seed, model_dir, budgets))
-    return summarize(stats, methods, resolutions, n, seed, model_dir, budgets)
+                checkpoint(partial)
+    return summarize(stats, methods, resolutions, n, seed, model_dir, budgets, skipped, rl_model)
 
 
 def crops_hold(result, target) -> bool:
@@ -83,34 +101,53 @@ def crops_hold(result, target) -> bool:
     return any(s.crop_region is not None and region_contains(s.crop_region, target) for s in result.steps)
 
 
-def summarize(stats, methods, resolutions, n, seed, model_dir, budgets) -> dict:
+def summarize(stats, methods, resolutions, n, seed, model_dir, budgets, skipped=None, rl_model=None) -> dict:
+    """Percentages per method and resolution; None where a resolution was skipped (see `skipped`)."""
+    def ratio(part, whole, scale, digits):
+        return round(scale * part / whole, digits) if whole else None
+
     out = {"resolutions": list(resolutions), "methods": {m: None for m in METHODS}, "n_per_resolution": n,
            "eval_seed": seed, "model": str(model_dir), "ask_options": budgets, "avg_zooms": {}, "by_category": {},
-           "zoom_hit_rate": {}}
+           "zoom_hit_rate": {}, "skipped": skipped or {}}
+    if rl_model is not None:
+        out["rl_model"] = str(rl_model)
     for m in methods:
-        out["methods"][m] = [round(100 * stats[m][r]["correct"] / max(1, stats[m][r]["n"]), 1) for r in resolutions]
-        out["avg_zooms"][m] = [round(stats[m][r]["zooms"] / max(1, stats[m][r]["n"]), 2) for r in resolutions]
-        out["zoom_hit_rate"][m] = [round(100 * h / z, 1) if z else None for h, z in (stats[m][r]["hits"]
-                                                                                     for r in resolutions)]
-        out["by_category"][m] = {
-            cat: [round(100 * stats[m][r]["by_category"].get(cat, [0, 0])[0]
-                        / max(1, stats[m][r]["by_category"].get(cat, [0, 1])[1]), 1) for r in resolutions]
-            for cat in ("direct_attributes", "relative_position")}
+        per_res = [stats[m][r] for r in resolutions]
+        out["methods"][m] = [ratio(s["correct"], s["n"], 100, 1) for s in per_res]
+        out["avg_zooms"][m] = [ratio(s["zooms"], s["n"], 1, 2) for s in per_res]
+        out["zoom_hit_rate"][m] = [ratio(*s["hits"], 100, 1) for s in per_res]
+        out["by_category"][m] = {cat: [ratio(*s["by_category"].get(cat, [0, 0]), 100, 1) for s in per_res]
+                                 for cat in ("direct_attributes", "relative_position")}
     return out
 
 
 def merge(paths) -> dict:
-    merged = None
-    for p in paths:
-        part = json.loads(Path(p).read_text())
-        if merged is None:
-            merged = part
-            merged.setdefault("zoom_hit_rate", {})
-            continue
-        for key in ("methods", "avg_zooms", "by_category", "zoom_hit_rate"):
-            for m, v in part.get(key, {}).items():
-                if v is not None:
-                    merged[key][m] = v
+    """Partial result files in one: other methods, or other resolutions of a method (runs split across processes).
+    Later files win where they overlap; the first one's other fields (notes, n, seed) are kept."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    merged = dict(parts[0])
+    resolutions = sorted({r for part in parts for r in part["resolutions"]})
+    tables = {key: {} for key in PER_RESOLUTION}
+    categories, skipped = {}, {}
+    for part in parts:
+        for key in PER_RESOLUTION:
+            for m, values in (part.get(key) or {}).items():
+                if values is not None:
+                    tables[key].setdefault(m, {}).update(zip(part["resolutions"], values))
+        for m, cats in (part.get("by_category") or {}).items():
+            for cat, values in (cats or {}).items():
+                categories.setdefault(m, {}).setdefault(cat, {}).update(zip(part["resolutions"], values))
+        for m, reasons in (part.get("skipped") or {}).items():
+            skipped.setdefault(m, {}).update(reasons)
+        if part.get("rl_model"):
+            merged["rl_model"] = part["rl_model"]
+    merged["resolutions"] = resolutions
+    for key in PER_RESOLUTION:
+        merged[key] = {m: [by_res.get(r) for r in resolutions] for m, by_res in tables[key].items()}
+    merged["methods"] = {m: merged["methods"].get(m) for m in METHODS}
+    merged["by_category"] = {m: {cat: [by_res.get(r) for r in resolutions] for cat, by_res in cats.items()}
+                             for m, cats in categories.items()}
+    merged["skipped"] = skipped
     return merged
 
 
@@ -124,7 +161,7 @@ def plot(result: dict, path) -> None:
     xs = list(range(len(result["resolutions"])))
     for m, values in result["methods"].items():
         if values is not None:
-            ax.plot(xs, values, marker="o", label=m)
+            ax.plot(xs, [float("nan") if v is None else v for v in values], marker="o", label=m)
     ax.set_xticks(xs, [str(r) for r in result["resolutions"]])
     ax.set_xlabel("image long side (px)")
     ax.set_ylabel("accuracy (%)")
@@ -140,7 +177,10 @@ def plot(result: dict, path) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m cof_training.evaluate", description=__doc__.splitlines()[0])
     p.add_argument("--model", type=Path, default=Path("training/default_model"))
-    p.add_argument("--methods", nargs="+", default=["no_zoom", "sft"], choices=[m for m in METHODS if m != "full_res"])
+    p.add_argument("--methods", nargs="+", default=["no_zoom", "sft"], choices=METHODS)
+    p.add_argument("--rl-model", type=Path, default=None, help="the RL checkpoint the rl method runs")
+    p.add_argument("--max-full-res-tokens", type=int, default=None,
+                   help="skip full_res views of more visual tokens (3840x2160 is 10,549; default: none skipped)")
     p.add_argument("--n", type=int, default=200)
     p.add_argument("--seed", type=int, default=777)
     p.add_argument("--resolutions", type=int, nargs="+", default=list(RESOLUTIONS))
@@ -162,7 +202,8 @@ def main(argv=None) -> int:
             args.out.write_text(json.dumps(partial, indent=2) + "\n", encoding="utf-8")
 
         result = evaluate(args.model, args.methods, args.n, args.seed, tuple(args.resolutions), args.max_zooms,
-                          threads=args.threads, checkpoint=checkpoint)
+                          threads=args.threads, checkpoint=checkpoint, rl_model=args.rl_model,
+                          max_full_res_tokens=args.max_full_res_tokens)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     plot(result, args.out.with_suffix(".png"))

@@ -16,13 +16,14 @@ token-level normalisation) and computes it here:
    per-token log-probs of the generated tokens, weighted by the advantage (clipped surrogate; one update per batch,
    so the ratio is 1 and the clip only matters with `updates_per_batch > 1`).
 
-    python -m cof_training.rl --model training/default_model --steps 20 --out training/runs/rl
+    python -m cof_training.rl --model training/default_model --steps 100 --out runs/rl [--save-every 20]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -190,6 +191,8 @@ def main(argv=None) -> int:
     p.add_argument("--data-seed", type=int, default=2000)
     p.add_argument("--resolution", type=int, default=3840)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--save-every", type=int, default=20,
+                   help="write the policy to --out every this many steps too (a killed run keeps its last save)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = GRPOConfig(group_size=args.group_size, questions_per_step=args.questions, lr=args.lr,
@@ -200,6 +203,14 @@ def main(argv=None) -> int:
     engine = SamplingEngine(backend_for(model, args.model), temperature=cfg.temperature, seed=cfg.seed)
     budgets = recipe_ask_options(args.model)
     t0, index, log = time.time(), 0, []
+    recipe = json.loads((args.model / "RECIPE.json").read_text()) if (args.model / "RECIPE.json").is_file() else {}
+
+    def save(steps_done: int) -> None:
+        recipe["rl"] = {"config": asdict(cfg), "steps": steps_done, "wall_time_s": round(time.time() - t0, 1),
+                        "data_seed": args.data_seed, "resolution": args.resolution, "log": log,
+                        "command": "python -m cof_training.rl " + " ".join(argv if argv is not None else sys.argv[1:])}
+        export_model(model, args.model, args.out, recipe)
+
     for step in range(args.steps):
         questions = []
         for _ in range(cfg.questions_per_step):
@@ -211,10 +222,9 @@ def main(argv=None) -> int:
         stats["step"] = step + 1
         log.append(stats)
         print(json.dumps(stats), flush=True)
-    recipe = json.loads((args.model / "RECIPE.json").read_text()) if (args.model / "RECIPE.json").is_file() else {}
-    recipe["rl"] = {"config": asdict(cfg), "steps": args.steps, "wall_time_s": round(time.time() - t0, 1),
-                    "data_seed": args.data_seed, "resolution": args.resolution, "log": log}
-    export_model(model, args.model, args.out, recipe)
+        if args.save_every and (step + 1) % args.save_every == 0 and step + 1 < args.steps:
+            save(step + 1)
+    save(args.steps)
     return 0
 
 
