@@ -36,8 +36,7 @@ from cof_edge.actions import answer_letter  # noqa: E402
 from cof_edge.atomic import atomic_write_json  # noqa: E402
 from cof_edge.direct_answer import DirectAnswerEngine  # noqa: E402
 from cof_edge.data import CATEGORIES, RESOLUTIONS, read_vstar, render_sample, resize_to_long_side  # noqa: E402
-from cof_edge.geometry import global_view  # noqa: E402
-from cof_edge.options import full_resolution_overrides  # noqa: E402
+from cof_edge.options import full_resolution_pass  # noqa: E402
 
 METHODS = ("cof", "no_zoom", "full_res")
 QUICK_RESOLUTIONS = (224, 1024, 3840)
@@ -197,12 +196,9 @@ def main(argv: list[str] | None = None) -> dict:
                 else:
                     extra = {"max_zooms": 0}
                     if method == "full_res":
-                        extra = full_resolution_overrides(image.size, cof.options)
-                        tokens = global_view(image.size, cof.options.global_min_pixels,
-                                             extra["global_max_pixels"]).visual_tokens
-                        if args.max_full_res_tokens is not None and tokens > args.max_full_res_tokens:
-                            tally.skipped[method][str(res)] = (
-                                f"one {tokens}-token view is over --max-full-res-tokens {args.max_full_res_tokens}")
+                        extra, _, skip = full_resolution_pass(image.size, cof.options, args.max_full_res_tokens)
+                        if skip:
+                            tally.skipped[method][str(res)] = skip
                             continue
                     result = direct.ask(image, text, max_new_tokens=args.max_new_tokens, **extra)
                 tally.add(method, res, category, answer_letter(result.answer) == label, result)
@@ -221,8 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
     cof_top, full_top = at("cof", top), at("full_res", top)
     tok_cof = (result["visual_tokens"].get("cof") or [None])[-1]
     full_tokens = (result["visual_tokens"].get("full_res") or [None])[-1] or (
-        global_view(top_size, cof.options.global_min_pixels, top_size[0] * top_size[1]).visual_tokens
-        if top_size else None)
+        full_resolution_pass(top_size, cof.options)[1] if top_size else None)
     summary = {
         "mode": base["mode"], "n_per_resolution": len(items), "resolutions": list(resolutions),
         "methods": result["methods"], "top_resolution": top,

@@ -50,7 +50,7 @@ import limits as limits_mod  # noqa: E402
 
 from cof_edge.atomic import atomic_write_json  # noqa: E402
 from cof_edge.data import RESOLUTIONS  # noqa: E402
-from cof_edge.options import full_resolution_overrides  # noqa: E402
+from cof_edge.options import full_resolution_pass  # noqa: E402
 
 VARIANTS = ("fp32", "int8", "int4", "fp16", "fp32-fused", "int8-fused", "int4-fused")
 QUICK_RESOLUTIONS = (224, 1024, 3840)
@@ -107,7 +107,6 @@ def _question_record(result, wall_ms: float, pre_ms: float) -> dict:
 
 def run_worker(spec: dict) -> dict:
     from cof_edge.data import render_sample, resize_to_long_side
-    from cof_edge.geometry import global_view
 
     started = time.perf_counter()
     samples = [render_sample(LATENCY_SEED, i) for i in range(spec["questions"])]
@@ -135,14 +134,10 @@ def run_worker(spec: dict) -> dict:
         images = [resize_to_long_side(s.image, res) for s in samples]
         extra = {}
         if method == "full_res":
-            extra = full_resolution_overrides(images[0].size, engine.options)
-            tokens = global_view(images[0].size, engine.options.global_min_pixels,
-                                 extra["global_max_pixels"]).visual_tokens
-            cap = spec["max_full_res_tokens"]
-            if cap is not None and tokens > cap:
-                out["resolutions"][str(res)] = {
-                    "image": list(images[0].size), "visual_tokens_single_pass": tokens,
-                    "skipped": f"one {tokens}-token view is over --max-full-res-tokens {cap}"}
+            extra, tokens, skip = full_resolution_pass(images[0].size, engine.options, spec["max_full_res_tokens"])
+            if skip:
+                out["resolutions"][str(res)] = {"image": list(images[0].size), "visual_tokens_single_pass": tokens,
+                                                "skipped": skip}
                 continue
         engine.crop_cache.clear()
         ask(images[0], samples[0].text, extra)  # warm-up: ORT's first run on a new shape is slow

@@ -61,9 +61,7 @@ def measure_bandwidth(mb: int = 256, repeats: int = 5, cores: int | None = None)
     src = np.ones(n, np.float32)
     dst = np.empty_like(src)
     out = {"array_mb": mb, "cores": cores}
-    for suffix, parts in (("", 1), ("_all_cores", cores)):
-        if suffix and parts == 1:
-            continue
+    for suffix, parts in [("", 1)] + ([("_all_cores", cores)] if cores > 1 else []):
         edges = np.linspace(0, n, parts + 1).astype(int)
         pairs = [(src[a:b], dst[a:b]) for a, b in zip(edges[:-1], edges[1:])]
         read_s = _parallel_seconds(lambda p: p[0].sum(), pairs, repeats)

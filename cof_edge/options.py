@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .actions import BoxFrame
-from .geometry import FACTOR, CropSettings
+from .geometry import FACTOR, CropSettings, global_view
 from .images import DEFAULT_MAX_IMAGE_PIXELS
 from .protocol import SYSTEM_PROMPT
 
@@ -61,11 +61,16 @@ class AskOptions:
         return dataclasses.replace(self, **overrides) if overrides else self
 
 
-def full_resolution_overrides(image_size: tuple[int, int], options: AskOptions) -> dict:
-    """`ask()` overrides for the single pass without zoom at the image's native resolution: one view of all its
-    pixels (the baseline CoF is measured against)."""
+def full_resolution_pass(image_size: tuple[int, int], options: AskOptions,
+                         max_tokens: int | None = None) -> tuple[dict, int, str | None]:
+    """The single pass without zoom at the image's native resolution (one view of all its pixels, the baseline CoF
+    is measured against): its `ask()` overrides, its visual tokens, and why it is skipped when those are over
+    `max_tokens` (None: run it)."""
     width, height = image_size
-    return {"global_max_pixels": max(width * height, options.global_min_pixels), "max_zooms": 0}
+    overrides = {"global_max_pixels": max(width * height, options.global_min_pixels), "max_zooms": 0}
+    tokens = global_view(image_size, options.global_min_pixels, overrides["global_max_pixels"]).visual_tokens
+    too_many = max_tokens is not None and tokens > max_tokens
+    return overrides, tokens, f"one {tokens}-token view is over --max-full-res-tokens {max_tokens}" if too_many else None
 
 
 def recipe_ask_options(model_dir) -> dict:

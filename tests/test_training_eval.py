@@ -105,17 +105,21 @@ def test_merge_and_plot(tmp_path):
     assert (tmp_path / "acc.png").stat().st_size > 1000
 
 
-def test_full_resolution_overrides_give_one_view_of_the_native_pixels():
+def test_full_resolution_pass_is_one_view_of_the_native_pixels():
     from cof_edge.geometry import global_view
-    from cof_edge.options import AskOptions, full_resolution_overrides
+    from cof_edge.options import AskOptions, full_resolution_pass
 
     options = AskOptions()  # a 256-token global view by default
-    overrides = full_resolution_overrides((1920, 1080), options)
-    assert overrides["max_zooms"] == 0
+    overrides, tokens, skip = full_resolution_pass((1920, 1080), options)
+    assert overrides["max_zooms"] == 0 and skip is None
     view = global_view((1920, 1080), options.global_min_pixels, overrides["global_max_pixels"])
     width, height = view.size
     assert abs(width - 1920) <= 28 and abs(height - 1080) <= 28 and view.visual_tokens > 2500
-    tiny = full_resolution_overrides((50, 40), options)  # never under the minimum view
+    assert tokens == view.visual_tokens
+    assert full_resolution_pass((1920, 1080), options, max_tokens=tokens)[2] is None
+    assert full_resolution_pass((1920, 1080), options, max_tokens=tokens - 1)[2] == (
+        f"one {tokens}-token view is over --max-full-res-tokens {tokens - 1}")
+    tiny, _, _ = full_resolution_pass((50, 40), options)  # never under the minimum view
     assert tiny["global_max_pixels"] == options.global_min_pixels
 
 

@@ -12,7 +12,7 @@ Methods:
   from the global view (a model trained to zoom would otherwise just end on `max_zooms` with no answer). Its
   `<think>` text is its own.
 * `full_res`: the single pass without zoom at the image's native resolution (one view of all its pixels,
-  `cof_edge.options.full_resolution_overrides`), with the same answer forcing as `no_zoom`. Views of more than
+  `cof_edge.options.full_resolution_pass`), with the same answer forcing as `no_zoom`. Views of more than
   `--max-full-res-tokens` visual tokens are skipped (null, with the reason under `skipped`): the vision tower's
   full-attention blocks grow with the square of the view.
 `zoom_hit_rate` (per method and resolution, %): of the attribute questions the model zoomed on, how many had a crop
@@ -35,8 +35,7 @@ from cof_edge.actions import answer_letter
 from cof_edge.data import RESOLUTIONS, render_sample, resize_to_long_side, scale_box
 from cof_edge.data.vsearch import ATTRIBUTE
 from cof_edge.direct_answer import DirectAnswerEngine
-from cof_edge.geometry import global_view
-from cof_edge.options import full_resolution_overrides, recipe_ask_options
+from cof_edge.options import full_resolution_pass, recipe_ask_options
 
 from .trajectories import region_contains
 
@@ -67,12 +66,9 @@ def evaluate(model_dir, methods, n: int, seed: int = 777, resolutions=RESOLUTION
             for m in methods:
                 overrides = {"max_zooms": 0 if m == "no_zoom" else max_zooms}
                 if m == "full_res":
-                    overrides = full_resolution_overrides(image.size, engines[m].options)
-                    tokens = global_view(image.size, engines[m].options.global_min_pixels,
-                                         overrides["global_max_pixels"]).visual_tokens
-                    if max_full_res_tokens is not None and tokens > max_full_res_tokens:
-                        skipped.setdefault(m, {})[str(res)] = (
-                            f"one {tokens}-token view is over --max-full-res-tokens {max_full_res_tokens}")
+                    overrides, _, skip = full_resolution_pass(image.size, engines[m].options, max_full_res_tokens)
+                    if skip:
+                        skipped.setdefault(m, {})[str(res)] = skip
                         continue
                 result = engines[m].ask(image, sample.text, max_new_tokens=max_new_tokens, **overrides)
                 ok = answer_letter(result.answer) == sample.label
