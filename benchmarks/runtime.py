@@ -22,7 +22,7 @@ from cof_edge import FocusEngine
 from cof_edge.bundle import load_bundle
 from cof_edge.crop_cache import CropCache
 from cof_edge.data import render_sample
-from cof_edge.geometry import global_view
+from cof_edge.options import full_resolution_pass
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
     say(f"crop cache ({bundle.default_variant}): miss {miss_ms:.1f} ms, hit {hit_ms:.1f} ms per question")
 
     width, height = samples[0].image.size
-    full_res_tokens = global_view((width, height), 56 * 56, width * height).visual_tokens
+    _, full_res_tokens, _ = full_resolution_pass((width, height), cached.options)
     cof_tokens = tokens[f"ort_{bundle.default_variant}"] if f"ort_{bundle.default_variant}" in tokens \
         else tokens["ort_int8"]
     summary = {

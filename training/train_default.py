@@ -3,8 +3,9 @@
     python -m cof_training.train_default --preset cpu-default --out training/default_model [--resume]
 
 Steps: build the random init (small tokenizer, `preset.spec`) → pre-render the vsearch trajectory cache (unless
-`--cache` points at one, possibly still growing) → `preset.drill_warmup_steps` of retrieval drills (training/drills.py,
-once per work dir) → TRL SFTTrainer (training/sft.py) with checkpoints every
+`--cache` points at one, possibly still growing) → `preset.vision_warmup_steps` of vision drills
+(training/vision_drills.py) → `preset.drill_warmup_steps` of retrieval drills (training/drills.py); each stage once per
+work dir → TRL SFTTrainer (training/sft.py) with checkpoints every
 `save_steps` (weights, optimizer, scheduler, RNG, step) under `--work-dir/checkpoints` → `--resume` continues from
 the latest. Each checkpoint is also exported to `--out` as a plain HF directory (weights, tokenizer, image processor)
 with `RECIPE.json` (preset, budgets the runtime must use, seeds, steps, wall time, command), so a usable model exists
@@ -51,25 +52,18 @@ def export_model(model, init_dir: Path, out: Path, recipe: dict) -> None:
     tmp.rmdir()
 
 
-def drilled_init(init: Path, out: Path, cache: Path, preset, progress: bool = True) -> tuple[Path, dict]:
-    """The curriculum's first stage (training/drills.py): `init` trained on retrieval drills, saved to `out` once."""
-    report_file = out / "drill_warmup.json"
+def warmed_init(init: Path, out: Path, stage: str, train) -> tuple[Path, dict]:
+    """A curriculum stage before SFT: `train(model, init)` → report, on the model at `init`, saved to `out` once
+    (a resumed run finds it and skips the stage)."""
+    report_file = out / f"{stage}.json"
     if report_file.is_file():
         return out, json.loads(report_file.read_text())
     import torch
-    from tokenizers import Tokenizer
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from cof_edge.protocol import TokenLayout
-
-    from .cache import read_cache
-    from .drills import warm_up
-
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(init, dtype=torch.float32)
-    layout = TokenLayout(Tokenizer.from_file(str(init / "tokenizer.json")))
-    report = warm_up(model, layout, [c.load for c in read_cache(cache)], preset.drill_warmup_steps,
-                     preset.drill_batch_size, preset.lr, seed=preset.seed, progress=progress)
-    print(f"drill warm-up: {report}")
+    report = train(model, init)
+    print(f"{stage}: {report}")
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp), safe_serialization=True)
@@ -80,6 +74,33 @@ def drilled_init(init: Path, out: Path, cache: Path, preset, progress: bool = Tr
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out, report
+
+
+def vision_drilled_init(init: Path, out: Path, preset, progress: bool = True) -> tuple[Path, dict]:
+    """Stage 1 (training/vision_drills.py): the vision tower learns where tags are and what they show."""
+    from .sft import image_processor_for
+    from .vision_drills import warm_up_vision
+
+    return warmed_init(init, out, "vision_warmup", lambda model, src: warm_up_vision(
+        model, image_processor_for(src), preset, preset.vision_warmup_steps, scenes=preset.vision_drill_scenes,
+        lr=preset.lr, seed=preset.seed, progress=progress))
+
+
+def drilled_init(init: Path, out: Path, cache: Path, preset, progress: bool = True) -> tuple[Path, dict]:
+    """Stage 2 (training/drills.py): retrieval drills on short text contexts."""
+    from tokenizers import Tokenizer
+
+    from cof_edge.protocol import TokenLayout
+
+    from .cache import read_cache
+    from .drills import warm_up
+
+    def train(model, src):
+        layout = TokenLayout(Tokenizer.from_file(str(src / "tokenizer.json")))
+        return warm_up(model, layout, [c.load for c in read_cache(cache)], preset.drill_warmup_steps,
+                       preset.drill_batch_size, preset.lr, seed=preset.seed, progress=progress)
+
+    return warmed_init(init, out, "drill_warmup", train)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,8 +174,10 @@ def main(argv=None, extra_callbacks=()) -> int:
     cache = args.cache or work / "cache"
     if not read_cache(cache):
         build_cache(preset, cache, 0, preset.scenes, progress=not args.no_progress)
-    warm_up_report = None
-    if preset.drill_warmup_steps:  # done once per work dir; a resumed run finds it
+    warm_up_report = vision_report = None
+    if preset.vision_warmup_steps:  # each stage once per work dir; a resumed run finds it
+        init, vision_report = vision_drilled_init(init, work / "init-vision", preset, progress=not args.no_progress)
+    if preset.drill_warmup_steps:
         init, warm_up_report = drilled_init(init, work / "init-drilled", cache, preset, progress=not args.no_progress)
 
     load_kwargs = {"dtype": torch.bfloat16 if preset.bf16 else torch.float32}
@@ -189,6 +212,7 @@ def main(argv=None, extra_callbacks=()) -> int:
             "config": preset.to_dict(),
             "ask_options": dataclasses.asdict(preset.budgets),
             "trajectory": {"box_min_side": preset.box_min_side, "two_zoom_below": preset.two_zoom_below},
+            "vision_warmup": vision_report,
             "drill_warmup": warm_up_report,
             "params": n_params,
             "seeds": {"init": preset.seed, "train": preset.seed, "data": preset.data_seed},

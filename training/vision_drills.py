@@ -1,0 +1,161 @@
+"""Vision drills: teach a from-scratch vision tower where the tags are, before it has to serve a language model.
+
+A CoF box needs the asked colour's tag to stand out among the global view's tokens, and the answer after a zoom
+needs the tag's symbol to be readable from the crop's tokens. Trained by the language-model loss alone, the default
+model's tower learns neither: a linear probe on its image embeddings finds the asked colour's token in 5 of 37
+held-out scenes (training/README.md). A drill is one view, exactly as the runtime renders it (the global view at a
+training resolution, or the teacher's crop around a tag, jittered), labelled per merged token with the colour and
+the symbol of the tag there, or "none". Two linear heads on the tower's output (the embeddings the language model
+reads) are trained with it and then dropped: the tower is left with colour and symbol as linear features.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from cof_edge.data import render_sample, resize_to_long_side, scale_box
+from cof_edge.data.vsearch import SYMBOLS, TAG_COLOURS
+from cof_edge.geometry import FACTOR, View, global_view, plan_crop
+from cof_edge.images import render_view
+
+from .trajectories import view_box
+
+COLOURS = tuple(TAG_COLOURS)
+NONE_COLOUR, NONE_SYMBOL, IGNORE = len(COLOURS), len(SYMBOLS), -100
+
+
+@dataclass
+class TagMap:
+    image: object                 # PIL view, as the runtime feeds it
+    colour: np.ndarray            # [tokens] colour index per merged token (raster order), NONE_COLOUR where no tag
+    symbol: np.ndarray            # [tokens] symbol index, NONE_SYMBOL where no tag, IGNORE where too small to read
+
+
+def tag_map(original, view: View, tags, legible_side: float) -> TagMap:
+    """Per merged token of `view`: the tag whose centre is in it, or whose box holds the token's centre."""
+    cols, rows = view.size[0] // FACTOR, view.size[1] // FACTOR
+    colour = np.full(rows * cols, NONE_COLOUR, dtype=np.int64)
+    symbol = np.full(rows * cols, NONE_SYMBOL, dtype=np.int64)
+    centres_x = (np.arange(cols) + 0.5) * FACTOR
+    centres_y = (np.arange(rows) + 0.5) * FACTOR
+    for tag in tags:
+        x1, y1, x2, y2 = view.from_original(tag.box)
+        if x2 <= 0 or y2 <= 0 or x1 >= view.size[0] or y1 >= view.size[1]:
+            continue
+        inside = np.zeros((rows, cols), dtype=bool)
+        inside[np.ix_((centres_y >= y1) & (centres_y < y2), (centres_x >= x1) & (centres_x < x2))] = True
+        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+        if 0 <= cx < view.size[0] and 0 <= cy < view.size[1]:
+            inside[int(cy // FACTOR), int(cx // FACTOR)] = True
+        flat = inside.reshape(-1)
+        colour[flat] = COLOURS.index(tag.colour)
+        symbol[flat] = SYMBOLS.index(tag.symbol) if min(x2 - x1, y2 - y1) >= legible_side else IGNORE
+    return TagMap(render_view(original, view), colour, symbol)
+
+
+def scene_tag_maps(preset, index: int, rng: random.Random, legible_side: float = 28.0) -> list[TagMap]:
+    """One scene at `preset.res_per_scene` training resolutions: its global view, and a jittered teacher crop
+    around each tag (the box off by up to half a merged token, as a model's boxes are)."""
+    sample = render_sample(preset.data_seed, index)
+    options = preset.budgets.ask_options()
+    out = []
+    for resolution in rng.sample(list(preset.resolutions), min(preset.res_per_scene, len(preset.resolutions))):
+        image = sample.image if resolution == max(sample.image.size) else resize_to_long_side(sample.image, resolution)
+        tags = [type(t)(t.colour, t.symbol, scale_box(t.box, sample.image.size, image.size)) for t in sample.tags]
+        shown = global_view(image.size, options.global_min_pixels, options.global_max_pixels)
+        out.append(tag_map(image, shown, tags, legible_side))
+        if max(image.size[0] / shown.size[0], image.size[1] / shown.size[1]) < 1.5:
+            continue  # no detail to gain: the runtime's teacher never zooms here
+        for tag in tags:
+            box = view_box(tag.box, shown, preset.box_min_side)
+            jitter = [rng.uniform(-FACTOR / 2, FACTOR / 2) for _ in range(2)]
+            box = [box[0] + jitter[0], box[1] + jitter[1], box[2] + jitter[0], box[3] + jitter[1]]
+            crop = plan_crop(box, shown, image.size, options.crop_settings).view
+            out.append(tag_map(image, crop, tags, legible_side))
+    return out
+
+
+def _batch(maps: list[TagMap], image_processor) -> dict:
+    out = image_processor(images=[m.image for m in maps], do_resize=False, return_tensors="pt")
+    return {"pixel_values": out["pixel_values"], "grid": out["image_grid_thw"],
+            "colour": torch.from_numpy(np.concatenate([m.colour for m in maps])),
+            "symbol": torch.from_numpy(np.concatenate([m.symbol for m in maps]))}
+
+
+class TagHeads(torch.nn.Module):
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.colour = torch.nn.Linear(hidden, NONE_COLOUR + 1)
+        self.symbol = torch.nn.Linear(hidden, NONE_SYMBOL + 1)
+
+    def losses(self, embeds: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        ce = torch.nn.functional.cross_entropy
+        return ce(self.colour(embeds), batch["colour"]), ce(self.symbol(embeds), batch["symbol"], ignore_index=IGNORE)
+
+
+def image_embeddings(model, batch: dict) -> torch.Tensor:
+    features = model.model.get_image_features(batch["pixel_values"], batch["grid"], return_dict=True)
+    return torch.cat(list(features.pooler_output))
+
+
+def tag_retrieval(model, heads: TagHeads, batch: dict, maps: list[TagMap]) -> float:
+    """Share of held-out views' tags whose colour scores highest on one of the tag's own tokens."""
+    with torch.no_grad():
+        scores = heads.colour(image_embeddings(model, batch)).split([len(m.colour) for m in maps])
+    hits = total = 0
+    for view_scores, m in zip(scores, maps):
+        for k in set(m.colour.tolist()) - {NONE_COLOUR}:
+            total += 1
+            hits += int(m.colour[int(view_scores[:, k].argmax())] == k)
+    return hits / max(total, 1)
+
+
+def warm_up_vision(model, image_processor, preset, steps: int, batch_size: int = 16, lr: float = 2e-3,
+                   scenes: int = 300, held_out_scenes: int = 20, seed: int = 0, progress: bool = True) -> dict:
+    """Train `model`'s vision tower on tag maps of `scenes` training scenes (rendered once, up front).
+
+    Returns the held-out colour retrieval and losses before and after, and the wall time.
+    """
+    from tqdm.auto import tqdm
+
+    rng, t0 = random.Random(seed), time.time()
+    maps = []
+    for index in tqdm(range(scenes + held_out_scenes), desc="vision drills: rendering", disable=not progress):
+        maps.extend((index, m) for m in scene_tag_maps(preset, index, rng))
+    held = [m for i, m in maps if i >= scenes]
+    train = [m for i, m in maps if i < scenes]
+    held_batch = _batch(held, image_processor)
+    heads = TagHeads(model.config.text_config.hidden_size)
+    params = list(model.model.visual.parameters()) + list(heads.parameters())
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 50) * 0.5 *
+                                                 (1 + np.cos(np.pi * min(s, steps) / steps)))
+    before = tag_retrieval(model.eval(), heads, held_batch, held)
+    with torch.no_grad():
+        colour_before = heads.losses(image_embeddings(model, held_batch), held_batch)[0]
+    model.train()
+    bar, running = tqdm(range(steps), desc="vision drills", disable=not progress), None
+    for step in bar:
+        batch = _batch(rng.sample(train, min(batch_size, len(train))), image_processor)
+        colour_loss, symbol_loss = heads.losses(image_embeddings(model, batch), batch)
+        (colour_loss + symbol_loss).backward()
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses = (colour_loss.item(), symbol_loss.item())
+        running = losses if running is None else tuple(0.95 * r + 0.05 * v for r, v in zip(running, losses))
+        if step % 20 == 0:
+            bar.set_postfix(colour_ce=f"{running[0]:.3f}", symbol_ce=f"{running[1]:.3f}")
+    model.eval()
+    with torch.no_grad():
+        held_colour, held_symbol = heads.losses(image_embeddings(model, held_batch), held_batch)
+    return {"steps": steps, "batch_size": batch_size, "lr": lr, "scenes": scenes, "views": len(train),
+            "held_out_views": len(held), "held_out_colour_retrieval_before": round(before, 3),
+            "held_out_colour_retrieval_after": round(tag_retrieval(model, heads, held_batch, held), 3),
+            "held_out_colour_ce_before": round(float(colour_before), 3), "held_out_colour_ce": round(float(held_colour), 3), "held_out_symbol_ce": round(float(held_symbol), 3),
+            "wall_time_s": round(time.time() - t0, 1)}
