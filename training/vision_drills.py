@@ -11,6 +11,7 @@ reads) are trained with it and then dropped: the tower is left with colour and s
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from cof_edge.data.vsearch import SYMBOLS, TAG_COLOURS
 from cof_edge.geometry import FACTOR, View, global_view, plan_crop
 from cof_edge.images import render_view
 
+from .cache import trajectory_config
 from .trajectories import view_box
 
 COLOURS = tuple(TAG_COLOURS)
@@ -58,21 +60,23 @@ def tag_map(original, view: View, tags, legible_side: float) -> TagMap:
     return TagMap(render_view(original, view), colour, symbol)
 
 
-def scene_tag_maps(preset, index: int, rng: random.Random, legible_side: float = 28.0) -> list[TagMap]:
+def scene_tag_maps(preset, index: int, rng: random.Random) -> list[TagMap]:
     """One scene at `preset.res_per_scene` training resolutions: its global view, and a jittered teacher crop
-    around each tag (the box off by up to half a merged token, as a model's boxes are)."""
+    around each tag (the box off by up to half a merged token, as a model's boxes are). Budgets, box size, the
+    legible tag size and the no-zoom rule are the trajectory teacher's (`cache.trajectory_config`)."""
     sample = render_sample(preset.data_seed, index)
-    options = preset.budgets.ask_options()
+    cfg = trajectory_config(preset)
+    options, legible_side = cfg.options, cfg.direct_min_side
     out = []
     for resolution in rng.sample(list(preset.resolutions), min(preset.res_per_scene, len(preset.resolutions))):
         image = sample.image if resolution == max(sample.image.size) else resize_to_long_side(sample.image, resolution)
-        tags = [type(t)(t.colour, t.symbol, scale_box(t.box, sample.image.size, image.size)) for t in sample.tags]
+        tags = [dataclasses.replace(t, box=scale_box(t.box, sample.image.size, image.size)) for t in sample.tags]
         shown = global_view(image.size, options.global_min_pixels, options.global_max_pixels)
         out.append(tag_map(image, shown, tags, legible_side))
-        if max(image.size[0] / shown.size[0], image.size[1] / shown.size[1]) < 1.5:
-            continue  # no detail to gain: the runtime's teacher never zooms here
+        if max(image.size[0] / shown.size[0], image.size[1] / shown.size[1]) < cfg.min_detail_gain:
+            continue  # no detail to gain: the teacher never zooms here
         for tag in tags:
-            box = view_box(tag.box, shown, preset.box_min_side)
+            box = view_box(tag.box, shown, cfg.box_min_side)
             jitter = [rng.uniform(-FACTOR / 2, FACTOR / 2) for _ in range(2)]
             box = [box[0] + jitter[0], box[1] + jitter[1], box[2] + jitter[0], box[3] + jitter[1]]
             crop = plan_crop(box, shown, image.size, options.crop_settings).view
@@ -103,16 +107,19 @@ def image_embeddings(model, batch: dict) -> torch.Tensor:
     return torch.cat(list(features.pooler_output))
 
 
-def tag_retrieval(model, heads: TagHeads, batch: dict, maps: list[TagMap]) -> float:
-    """Share of held-out views' tags whose colour scores highest on one of the tag's own tokens."""
+def held_out_scores(model, heads: TagHeads, batch: dict, maps: list[TagMap]) -> dict:
+    """One forward over the held-out views: the colour and symbol cross-entropies, and the colour retrieval (the
+    share of tags whose colour scores highest on one of the tag's own tokens)."""
     with torch.no_grad():
-        scores = heads.colour(image_embeddings(model, batch)).split([len(m.colour) for m in maps])
+        embeds = image_embeddings(model, batch)
+        colour_ce, symbol_ce = heads.losses(embeds, batch)
+        scores = heads.colour(embeds).split([len(m.colour) for m in maps])
     hits = total = 0
     for view_scores, m in zip(scores, maps):
         for k in set(m.colour.tolist()) - {NONE_COLOUR}:
             total += 1
             hits += int(m.colour[int(view_scores[:, k].argmax())] == k)
-    return hits / max(total, 1)
+    return {"retrieval": hits / max(total, 1), "colour_ce": float(colour_ce), "symbol_ce": float(symbol_ce)}
 
 
 def warm_up_vision(model, image_processor, preset, steps: int, batch_size: int = 16, lr: float = 2e-3,
@@ -135,9 +142,7 @@ def warm_up_vision(model, image_processor, preset, steps: int, batch_size: int =
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 50) * 0.5 *
                                                  (1 + np.cos(np.pi * min(s, steps) / steps)))
-    before = tag_retrieval(model.eval(), heads, held_batch, held)
-    with torch.no_grad():
-        colour_before = heads.losses(image_embeddings(model, held_batch), held_batch)[0]
+    before = held_out_scores(model.eval(), heads, held_batch, held)
     model.train()
     bar, running = tqdm(range(steps), desc="vision drills", disable=not progress), None
     for step in bar:
@@ -151,11 +156,10 @@ def warm_up_vision(model, image_processor, preset, steps: int, batch_size: int =
         running = losses if running is None else tuple(0.95 * r + 0.05 * v for r, v in zip(running, losses))
         if step % 20 == 0:
             bar.set_postfix(colour_ce=f"{running[0]:.3f}", symbol_ce=f"{running[1]:.3f}")
-    model.eval()
-    with torch.no_grad():
-        held_colour, held_symbol = heads.losses(image_embeddings(model, held_batch), held_batch)
+    after = held_out_scores(model.eval(), heads, held_batch, held)
     return {"steps": steps, "batch_size": batch_size, "lr": lr, "scenes": scenes, "views": len(train),
-            "held_out_views": len(held), "held_out_colour_retrieval_before": round(before, 3),
-            "held_out_colour_retrieval_after": round(tag_retrieval(model, heads, held_batch, held), 3),
-            "held_out_colour_ce_before": round(float(colour_before), 3), "held_out_colour_ce": round(float(held_colour), 3), "held_out_symbol_ce": round(float(held_symbol), 3),
+            "held_out_views": len(held), "held_out_colour_retrieval_before": round(before["retrieval"], 3),
+            "held_out_colour_retrieval_after": round(after["retrieval"], 3),
+            "held_out_colour_ce_before": round(before["colour_ce"], 3),
+            "held_out_colour_ce": round(after["colour_ce"], 3), "held_out_symbol_ce": round(after["symbol_ce"], 3),
             "wall_time_s": round(time.time() - t0, 1)}
