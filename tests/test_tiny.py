@@ -163,14 +163,15 @@ ROUND_TRIP = [
 ]
 
 
-def test_small_tokenizer_round_trips(tmp_path):
-    tok = build_small_tokenizer()
+@pytest.mark.parametrize("which", ["small", "small-numbers"])
+def test_small_tokenizer_round_trips(tmp_path, which):
+    tok = build_small_tokenizer(whole_numbers=which == "small-numbers")
     for s in ROUND_TRIP:
         assert tok.decode(tok.encode(s, add_special_tokens=False).ids, skip_special_tokens=False) == s
     # deterministic training
-    assert tok.to_str() == build_small_tokenizer().to_str()
+    assert tok.to_str() == build_small_tokenizer(whole_numbers=which == "small-numbers").to_str()
     # and through AutoTokenizer from a saved directory
-    d = build_tiny_model(tmp_path / "m", tokenizer="small")
+    d = build_tiny_model(tmp_path / "m", tokenizer=which)
     auto = AutoTokenizer.from_pretrained(d)
     for s in ROUND_TRIP:
         ids = auto(s, add_special_tokens=False)["input_ids"]
@@ -178,6 +179,22 @@ def test_small_tokenizer_round_trips(tmp_path):
     # <tool_call> is added but not special (kept by skip_special_tokens), as in Qwen2.5-VL
     ids = auto("<|im_end|><tool_call>x</tool_call>", add_special_tokens=False)["input_ids"]
     assert auto.decode(ids, skip_special_tokens=True) == "<tool_call>x</tool_call>"
+
+
+def test_whole_number_tokenizer_gives_each_coordinate_one_token(tmp_path):
+    tok = build_small_tokenizer(whole_numbers=True)
+    digits = build_small_tokenizer()
+    assert [len(tok.encode(str(n), add_special_tokens=False).ids) for n in range(1000)] == [1] * 1000
+    assert len(digits.encode("308", add_special_tokens=False).ids) == 3
+    call = '"bbox_2d": [308, 168, 364, 224]'
+    assert tok.encode(call, add_special_tokens=False).tokens[-12:] == [
+        "Ġ[", "308", ",", "Ġ", "168", ",", "Ġ", "364", ",", "Ġ", "224", "]"]
+    assert tok.encode("3840", add_special_tokens=False).tokens == ["384", "0"]      # runs of up to 3 digits
+    assert tok.token_to_id("<|im_start|>") == digits.token_to_id("<|im_start|>")
+    auto = AutoTokenizer.from_pretrained(build_tiny_model(tmp_path / "m", tokenizer="small-numbers"))
+    assert auto.convert_ids_to_tokens(auto(call, add_special_tokens=False)["input_ids"])[-12:] == \
+        tok.encode(call, add_special_tokens=False).tokens[-12:]
+    assert len(auto) == tok.get_vocab_size(with_added_tokens=True)
 
 
 def test_same_seed_same_weights(tmp_path):

@@ -10,21 +10,21 @@ pytest.importorskip("torch")
 from cof_edge import FocusEngine
 from cof_edge.actions import ActionKind, parse_action
 from cof_edge.data import render_sample
-from cof_edge.geometry import plan_crop
+from cof_edge.geometry import View, plan_crop
 from cof_edge.mrope import MRopeCursor
 from cof_edge.options import AskOptions
 from cof_edge.protocol import TokenLayout
 from cof_training.tiny import build_small_tokenizer
 from cof_training.trajectories import (ATTRIBUTE, SPATIAL, TrajectoryConfig, build_trajectory, conversation_text,
-                                       encode_trajectory, from_vsearch)
+                                       encode_trajectory, from_vsearch, view_box)
 
 OPTIONS = AskOptions(global_max_pixels=448 * 252, crop_max_pixels=224 * 224)
 NATIVE = (1920, 1080)  # renders 10x faster than 3840x2160; the geometry is the same code
 
 
-@pytest.fixture(scope="module")
-def layout():
-    return TokenLayout(build_small_tokenizer())
+@pytest.fixture(scope="module", params=[False, True], ids=["digit_tokens", "number_tokens"])
+def layout(request):
+    return TokenLayout(build_small_tokenizer(whole_numbers=request.param))
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,8 @@ def _replay(layout, traj, image, options):
     TrajectoryConfig(options=OPTIONS),                                             # one zoom / direct spatial
     TrajectoryConfig(options=OPTIONS, two_zoom_below=1e9, visible_side=1e9),       # two zooms / zoom for spatial
     TrajectoryConfig(options=OPTIONS, visible_side=8.0),                           # spatial: one box for both
-], ids=["adaptive", "two_zooms", "spatial_box"])
+    TrajectoryConfig(options=OPTIONS, box_grid=28, visible_side=1e9),              # boxes on the token grid
+], ids=["adaptive", "two_zooms", "spatial_box", "grid_boxes"])
 @pytest.mark.parametrize("category", [ATTRIBUTE, SPATIAL])
 def test_runtime_feeds_exactly_the_trajectory(layout, samples, cfg, category):
     sample = samples[category]
@@ -118,8 +119,9 @@ def test_runtime_and_training_use_the_models_own_system_prompt(layout, samples):
     assert release.labels[-len(enc.labels):] == enc.labels      # same replies, same labels
 
 
-def test_zoom_boxes_put_the_target_in_the_runtime_crop():
-    cfg = TrajectoryConfig(options=OPTIONS)
+@pytest.mark.parametrize("grid", [0, 28])
+def test_zoom_boxes_put_the_target_in_the_runtime_crop(grid):
+    cfg = TrajectoryConfig(options=OPTIONS, box_grid=grid)
     seen = 0
     for i in range(12):
         sample = render_sample(11, i, native_size=NATIVE)
@@ -131,8 +133,21 @@ def test_zoom_boxes_put_the_target_in_the_runtime_crop():
             region = plan_crop(box, traj.views[0], sample.image.size, OPTIONS.crop_settings).view.region
             tb = sample.target_boxes[0]
             assert region[0] <= tb[0] and region[1] <= tb[1] and region[2] >= tb[2] and region[3] >= tb[3]
+            assert grid == 0 or all(v % grid == 0 for v in box)
             seen += 1
     assert seen > 0
+
+
+def test_grid_boxes_are_whole_cells_nearest_the_centre():
+    view = View(region=(0, 0, 448, 252), size=(448, 252))
+    assert view_box([100, 100, 110, 110], view, 48, grid=28) == [84, 84, 140, 140]   # centre 105: cells 3-4
+    assert view_box([101, 100, 111, 110], view, 48, grid=28) == [84, 84, 140, 140]
+    assert view_box([116, 100, 126, 110], view, 48, grid=28) == [84, 84, 140, 140]   # 121: nearest boundary 112
+    assert view_box([125, 100, 135, 110], view, 48, grid=28) == [112, 84, 168, 140]  # 130: nearest boundary 140
+    assert view_box([0, 0, 6, 6], view, 48, grid=28) == [0, 0, 56, 56]                # clamped at the edges
+    assert view_box([440, 246, 448, 252], view, 48, grid=28) == [392, 196, 448, 252]
+    assert view_box([100, 100, 190, 110], view, 48, grid=28) == [84, 84, 196, 140]   # 90 px wide: 4 cells
+    assert view_box([100, 100, 110, 110], view, 48) == [81, 81, 129, 129]            # grid 0: the pixel box
 
 
 def test_adaptive_policy():

@@ -31,7 +31,7 @@ from .trajectories import Trajectory, TrajectoryConfig, build_trajectory
 
 def trajectory_config(preset: Preset) -> TrajectoryConfig:
     return TrajectoryConfig(options=preset.budgets.ask_options(), box_min_side=preset.box_min_side,
-                            two_zoom_below=preset.two_zoom_below)
+                            box_grid=preset.box_grid, two_zoom_below=preset.two_zoom_below)
 
 
 def scene_questions(sample, all_tags: bool, rng: np.random.Generator) -> list[dict]:

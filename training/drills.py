@@ -87,7 +87,8 @@ def warm_up(model, layout: TokenLayout, trajectories, steps: int, batch_size: in
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        running = float(loss) if running is None else 0.95 * running + 0.05 * float(loss)
+        value = loss.item()
+        running = value if running is None else 0.95 * running + 0.05 * value
         if step % 50 == 0:
             bar.set_postfix(lookup_ce=f"{running:.3f}")
     after = lookup_loss(model.eval(), held_batch)

@@ -4,6 +4,8 @@
   tokenizer, full fine-tuning; small views (global <= 448x252 = 144 tokens, crops <= 336x336 = 144 tokens).
 * `cpu-drills`: the same with a short system prompt and the retrieval-drill curriculum (training/drills.py).
 * `cpu-vision`: `cpu-drills` after vision drills (training/vision_drills.py) on the tower.
+* `cpu-grid`: `cpu-vision` with zoom boxes on the merged-token grid (`box_grid` 28).
+* `cpu-grid-numbers`: `cpu-grid` with a tokenizer that has 0..999 as single tokens.
 * `smoke`: seconds, for tests.
 * `gpu-3b` / `gpu-7b`: LoRA on real Qwen2.5-VL checkpoints (documented recipe; needs CUDA, not run here).
 """
@@ -48,6 +50,7 @@ class Preset:
     res_per_scene: int = 2
     all_tag_questions: bool = True       # an attribute question for every tag of a scene, not only the sample's
     box_min_side: float = 16.0
+    box_grid: int = 0                    # > 0: zoom boxes on this view-px grid (TrajectoryConfig.box_grid)
     two_zoom_below: float = 0.0
     drills: int = 0                      # text-only retrieval drills per batch (training/drills.py), extra rows
     drill_warmup_steps: int = 0          # drill-only steps before SFT (from-scratch models; the curriculum's stage 1)
@@ -139,7 +142,15 @@ CPU_DRILLS = dataclasses.replace(
 # 0.78 in 600 steps), so that a box needs only the language model to point at a token that already says "red tag".
 CPU_VISION = dataclasses.replace(CPU_DRILLS, name="cpu-vision", vision_warmup_steps=600, vision_drill_scenes=300)
 
-PRESETS = {p.name: p for p in (CPU_DEFAULT, CPU_DRILLS, CPU_VISION, SMOKE, GPU_3B, GPU_7B)}
+# cpu-vision with zoom boxes on the merged-token grid (TrajectoryConfig.box_grid): two 28-px cells about the tag, so
+# x1 is one of 15 values, one per token column, where cpu-vision's boxes stayed near-constant over 1,449 steps.
+CPU_GRID = dataclasses.replace(CPU_VISION, name="cpu-grid", box_grid=28)
+
+# cpu-grid with 0..999 as single tokens (tiny.build_small_tokenizer(whole_numbers=True)): a coordinate is one
+# prediction from the token's column or row, not three digits in a row.
+CPU_GRID_NUMBERS = dataclasses.replace(CPU_GRID, name="cpu-grid-numbers", tokenizer="small-numbers")
+
+PRESETS = {p.name: p for p in (CPU_DEFAULT, CPU_DRILLS, CPU_VISION, CPU_GRID, CPU_GRID_NUMBERS, SMOKE, GPU_3B, GPU_7B)}
 
 
 def get_preset(name: str, **overrides) -> Preset:

@@ -1,6 +1,6 @@
 """Tiny, randomly initialised Qwen2.5-VL checkpoints for tests, saved as normal Hugging Face directories.
 
-``build_tiny_model(out_dir, tokenizer="qwen"|"small", spec=TinySpec(), seed=0)`` writes::
+``build_tiny_model(out_dir, tokenizer="qwen"|"small"|"small-numbers", spec=TinySpec(), seed=0)`` writes::
 
     out_dir/config.json                  Qwen2_5_VLConfig (text_config / vision_config sub-configs)
     out_dir/generation_config.json       greedy; eos = [<|im_end|>, <|endoftext|>], pad = <|endoftext|>
@@ -35,6 +35,7 @@ Tokenizers
   the identity). As in Qwen2.5-VL, ``<tool_call>``, ``</tool_call>`` and the fim/repo tokens are added tokens that
   are not "special" (``decode(skip_special_tokens=True)`` keeps them); ``<think>``/``<answer>`` are plain text.
   ``tokenizer_class`` is ``TokenizersBackend`` (transformers 5's PreTrainedTokenizerFast).
+* ``"small-numbers"``: the same with ``whole_numbers=True``: 0..999 are single tokens (1,643 tokens in all).
 
 The config's ``image_token_id``, ``video_token_id``, ``vision_start_token_id``, ``vision_end_token_id``, and
 bos/eos/pad ids are taken from whichever tokenizer is used, and ``vocab_size == len(tokenizer)``.
@@ -143,6 +144,7 @@ TEMPORAL_PATCH_SIZE = 2
 PRETOKENIZE_REGEX = (
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 )
+NUMBERS_PRETOKENIZE_REGEX = PRETOKENIZE_REGEX.replace(r"|\p{N}|", r"|\p{N}{1,3}|")
 
 
 @dataclass
@@ -273,18 +275,22 @@ def _small_corpus() -> list[str]:
     return lines
 
 
-def build_small_tokenizer(vocab_size: int = 1024):
+def build_small_tokenizer(vocab_size: int = 1024, whole_numbers: bool = False):
     """A small byte-level BPE (``tokenizers.Tokenizer``) trained deterministically on the CoF protocol text.
 
     Ids 0..21 are the Qwen2.5-VL special tokens in Qwen order (``SPECIAL_TOKENS``), then the 256 byte symbols, then
     merges. Same pre-tokenizer and decoder as Qwen2, no normaliser, so every string round-trips.
+
+    `whole_numbers`: digits are pre-split in runs of up to 3 (not one by one, as Qwen2 does) and 0..999 are each one
+    token (appended ids, matched whole: BPE ``ignore_merges``), so a box coordinate is one prediction, not three.
     """
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.Split(Regex(NUMBERS_PRETOKENIZE_REGEX if whole_numbers else PRETOKENIZE_REGEX),
+                                 behavior="isolated", invert=False),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
@@ -302,6 +308,11 @@ def build_small_tokenizer(vocab_size: int = 1024):
     for added in data["added_tokens"]:
         added["special"] = added["content"] not in NON_SPECIAL_ADDED
     data["post_processor"] = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}
+    if whole_numbers:
+        vocab = data["model"]["vocab"]
+        for number in map(str, range(1000)):  # digits are their own byte-level symbols
+            vocab.setdefault(number, len(vocab))
+        data["model"]["ignore_merges"] = True
     tok = Tokenizer.from_str(json.dumps(data))
     for i, s in enumerate(SPECIAL_TOKENS):
         if tok.token_to_id(s) != i:
@@ -351,14 +362,14 @@ def _write_tokenizer(out: Path, which: str) -> tuple[dict[str, int], int]:
         n = max(base, max(special_ids.values()) + 1)
         (out / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
         tokenizer_class = "Qwen2Tokenizer"
-    elif which == "small":
-        tok = build_small_tokenizer()
+    elif which in ("small", "small-numbers"):
+        tok = build_small_tokenizer(whole_numbers=which == "small-numbers")
         tok.save(str(out / "tokenizer.json"))
         special_ids = {s: tok.token_to_id(s) for s in SPECIAL_TOKENS}
         n = tok.get_vocab_size(with_added_tokens=True)
         tokenizer_class = "TokenizersBackend"
     else:
-        raise ValueError(f"tokenizer must be 'qwen' or 'small', not {which!r}")
+        raise ValueError(f"tokenizer must be 'qwen', 'small' or 'small-numbers', not {which!r}")
     missing = [s for s in SPECIAL_TOKENS if s not in special_ids]
     if missing:
         raise AssertionError(f"tokenizer lacks special tokens {missing}")

@@ -45,13 +45,14 @@ class TrajectoryConfig:
     two_zoom_below: float = 0.0      # view px: tags smaller than this get a region zoom first (0: never)
     region_factor: float = 4.0
     box_min_side: float = 16.0       # view px: zoom boxes are grown to at least this about their centre
+    box_grid: int = 0                # view px: > 0 snaps box edges to this grid (28: merged visual tokens)
     visible_side: float = 3.0        # view px: a tag this large shows its colour (enough for spatial questions)
     min_detail_gain: float = 1.5     # original px per global-view px below which zooming adds nothing
     label_in_call: bool = True       # write "label": "<colour> tag" in the tool call
 
     def __post_init__(self):
-        if self.box_min_side <= 0 or self.region_factor < 1:
-            raise ValueError("box_min_side must be > 0 and region_factor >= 1")
+        if self.box_min_side <= 0 or self.region_factor < 1 or self.box_grid < 0:
+            raise ValueError("box_min_side must be > 0, region_factor >= 1 and box_grid >= 0")
 
 
 @dataclass
@@ -84,14 +85,23 @@ def answer_turn(think: str, letter: str) -> str:
     return f"<think>{think}</think> <answer>{letter}</answer>"
 
 
-def view_box(target, view: View, min_side: float) -> list[int]:
-    """The target box (original px) in `view`'s pixel frame, grown to `min_side`, rounded outward, clamped."""
+def view_box(target, view: View, min_side: float, grid: int = 0) -> list[int]:
+    """The target box (original px) in `view`'s pixel frame, grown to `min_side`, rounded outward, clamped.
+
+    `grid` > 0: the box spans whole `grid` cells (ceil(side / grid) of them), placed on the cell boundaries nearest
+    to centring it, so each coordinate takes one of W / grid values: one per merged-token column or row when `grid`
+    is 28, the mapping a small model can learn from a token's position (an arbitrary pixel box it did not).
+    """
     x1, y1, x2, y2 = view.from_original(tuple(float(v) for v in target))
     cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
     w, h = max(x2 - x1, min_side), max(y2 - y1, min_side)
     W, H = view.size
-    bx1, bx2 = _span(cx, w, W)
-    by1, by2 = _span(cy, h, H)
+
+    def span(centre, side, limit):
+        return _grid_span(centre, side, limit, grid) if grid > 0 else _span(centre, side, limit)
+
+    bx1, bx2 = span(cx, w, W)
+    by1, by2 = span(cy, h, H)
     return [bx1, by1, bx2, by2]
 
 
@@ -99,6 +109,13 @@ def _span(centre: float, span: float, limit: int) -> tuple[int, int]:
     span = min(span, float(limit))
     lo = min(max(centre - span / 2, 0.0), limit - span)
     return max(0, math.floor(lo)), min(limit, math.ceil(lo + span))
+
+
+def _grid_span(centre: float, span: float, limit: int, grid: int) -> tuple[int, int]:
+    cells, last = max(1, math.ceil(span / grid)), max(0, (limit - 1) // grid)
+    cells = min(cells, last + 1)
+    first = min(max(round(centre / grid - cells / 2), 0), last + 1 - cells)
+    return first * grid, min(limit, (first + cells) * grid)
 
 
 def region_contains(region, box) -> bool:
@@ -129,14 +146,14 @@ class _Builder:
     def zoom(self, think: str, targets, label: str | None) -> View:
         W, H = self.original.size
         targets = [[max(0.0, t[0]), max(0.0, t[1]), min(float(W), t[2]), min(float(H), t[3])] for t in targets]
-        box = view_box(_union(targets), self.view, self.cfg.box_min_side)
+        box = view_box(_union(targets), self.view, self.cfg.box_min_side, self.cfg.box_grid)
         plan = plan_crop(box, self.view, self.original.size, self.cfg.options.crop_settings)
         region = plan.view.region
         for target in targets:  # the runtime's crop must hold every target; grow the box until it does
             grow = self.cfg.box_min_side
             while not region_contains(region, target) and grow < 4 * max(self.view.size):
                 grow *= 1.5
-                box = view_box(_union(targets), self.view, grow)
+                box = view_box(_union(targets), self.view, grow, self.cfg.box_grid)
                 region = plan_crop(box, self.view, self.original.size, self.cfg.options.crop_settings).view.region
         plan = plan_crop(box, self.view, self.original.size, self.cfg.options.crop_settings)
         self.turns.append(zoom_turn(think, box, label if self.cfg.label_in_call else None))
@@ -189,7 +206,7 @@ def _spatial(b: _Builder, cfg: TrajectoryConfig, targets, colours, label, answer
     if min(_short_side(t, b.view) for t in targets) >= cfg.visible_side or gain < cfg.min_detail_gain:
         return b.answer(final, label)
     both = _union(targets)
-    box = view_box(both, b.view, cfg.box_min_side)
+    box = view_box(both, b.view, cfg.box_min_side, cfg.box_grid)
     crop = plan_crop(box, b.view, b.original.size, cfg.options.crop_settings).view
     if min(_short_side(t, crop) for t in targets) >= cfg.visible_side:
         b.zoom(f"The {colours[0]} and {colours[1]} tags are small. I will zoom in on both.", targets, None)

@@ -76,7 +76,7 @@ def scene_tag_maps(preset, index: int, rng: random.Random) -> list[TagMap]:
         if max(image.size[0] / shown.size[0], image.size[1] / shown.size[1]) < cfg.min_detail_gain:
             continue  # no detail to gain: the teacher never zooms here
         for tag in tags:
-            box = view_box(tag.box, shown, cfg.box_min_side)
+            box = view_box(tag.box, shown, cfg.box_min_side, cfg.box_grid)
             jitter = [rng.uniform(-FACTOR / 2, FACTOR / 2) for _ in range(2)]
             box = [box[0] + jitter[0], box[1] + jitter[1], box[2] + jitter[0], box[3] + jitter[1]]
             crop = plan_crop(box, shown, image.size, options.crop_settings).view
