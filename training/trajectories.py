@@ -146,16 +146,18 @@ class _Builder:
     def zoom(self, think: str, targets, label: str | None) -> View:
         W, H = self.original.size
         targets = [[max(0.0, t[0]), max(0.0, t[1]), min(float(W), t[2]), min(float(H), t[3])] for t in targets]
-        box = view_box(_union(targets), self.view, self.cfg.box_min_side, self.cfg.box_grid)
-        plan = plan_crop(box, self.view, self.original.size, self.cfg.options.crop_settings)
-        region = plan.view.region
+        union = _union(targets)
+
+        def place(min_side: float):
+            box = view_box(union, self.view, min_side, self.cfg.box_grid)
+            return box, plan_crop(box, self.view, self.original.size, self.cfg.options.crop_settings)
+
+        box, plan = place(self.cfg.box_min_side)
         for target in targets:  # the runtime's crop must hold every target; grow the box until it does
             grow = self.cfg.box_min_side
-            while not region_contains(region, target) and grow < 4 * max(self.view.size):
+            while not region_contains(plan.view.region, target) and grow < 4 * max(self.view.size):
                 grow *= 1.5
-                box = view_box(_union(targets), self.view, grow, self.cfg.box_grid)
-                region = plan_crop(box, self.view, self.original.size, self.cfg.options.crop_settings).view.region
-        plan = plan_crop(box, self.view, self.original.size, self.cfg.options.crop_settings)
+                box, plan = place(grow)
         self.turns.append(zoom_turn(think, box, label if self.cfg.label_in_call else None))
         self.boxes.append(box)
         self.views.append(plan.view)
