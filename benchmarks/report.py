@@ -159,8 +159,11 @@ def limits_section(limits: dict) -> list[str]:
            + (f"; int8 MatMulInteger {limits['ort_int8']['int8_gops']} GOP/s (onnxruntime)"
               if limits.get("ort_int8") else "") + ".", "",
            "Decode bound = (decoder weight bytes + KV bytes at the mean context) / bandwidth; fraction = bound / "
-           "measured ms per token (1.0 = at the roofline; above 1 means the bandwidth measured here was lower than "
-           "what the decoder got, e.g. on cores shared with another job).", "",
+           "measured ms per token (1.0 = at the roofline). The bandwidth is the best numpy kernel's, or the fastest "
+           "decoder's of the latency run where that one streamed faster (a bound below what a decoder reads would "
+           "flatter every fraction): here "
+           + (f"{limits['roofline']['gbs']} GB/s ({limits['roofline']['source']})." if limits.get("roofline")
+              else f"{limits['bandwidth'].get('bound_gbs')} GB/s (numpy kernels)."), "",
            "| model | variant | MB read per token | bound ms | measured ms | fraction |", "|---|---|---|---|---|---|"]
     for model, d in limits.get("models", {}).items():
         for variant, e in d["decode"].items():

@@ -5,7 +5,8 @@ builds the text decoder with onnxruntime-genai's model builder (GroupQueryAttent
 SkipSimplifiedLayerNormalization, MatMulNBits: com.microsoft ops) and rewrites its graph so that it honours
 exactly the contract of the standard decoder, so `cof_edge`'s ONNX Runtime backend runs it unchanged. The int8
 fused decoder is the builder's fp32 graph quantized with `quantize_dynamic`, as the plain int8 decoder is (the
-builder's own int8, 8-bit MatMulNBits, prefills 2.5x slower; `build_fused_decoder`):
+builder's own int8, 8-bit MatMulNBits, prefills 2.5x slower; `build_fused_decoder`), except its vocabulary
+projection: it multiplies one row per step, which 8-bit MatMulNBits streams faster (`vocab_projection_8bit`):
 
 - builder options: `exclude_embeds=true` (inputs_embeds in; the bundle's embed graph stays), `prune_lm_head=true`
   (the vocabulary projection runs on the last position only: logits [B, 1, V]);
@@ -45,6 +46,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
+
+from .quantize import QuantSettings, quantize_graph, vocab_projection_8bit
 
 log = logging.getLogger(__name__)
 
@@ -178,25 +181,28 @@ def _rename_everywhere(graph: onnx.GraphProto, renames: dict[str, str]) -> None:
 
 
 def build_fused_decoder(model_dir: Path, out: Path, precision: str, layers: int, head_dim: int,
-                        block_size: int = 32, accuracy_level: int | None = 4) -> float:
+                        quant: QuantSettings = QuantSettings()) -> float:
     """Builds and conforms one fused decoder at `out`; returns the seconds it took.
 
     int8 is the builder's fp32 graph quantized by `quantize_dynamic` (`BUILDER_PRECISION`), not the builder's own
     int8 (8-bit MatMulNBits): on the ~300M config, 1 thread, 600-token context, the builder's int8 prefilled in
     952 ms and decoded at 17.8 ms/token, its fp32 graph + quantize_dynamic in 384 ms and 15.3 ms/token (the plain
-    int8 graph: 512 ms, 24.8 ms/token)."""
-    from .quantize import QuantSettings, quantize_graph
-
+    int8 graph: 512 ms, 24.8 ms/token). Only its vocabulary projection, which multiplies one row per step, is 8-bit
+    MatMulNBits (`vocab_projection_8bit`). int4 is the builder's own (blocks of `quant.int4_block_size`)."""
     started = time.perf_counter()
     built = BUILDER_PRECISION[precision]
     with tempfile.TemporaryDirectory(prefix="cof-fused-", dir=out.parent) as work:
-        raw = build_raw(Path(model_dir), Path(work) / built, built, block_size, accuracy_level)
+        raw = build_raw(Path(model_dir), Path(work) / built, built, quant.int4_block_size, quant.int4_accuracy_level)
         if built == precision:
             conform(raw, out, layers, head_dim)
         else:
             conformed = Path(work) / f"conformed-{built}.onnx"
             conform(raw, conformed, layers, head_dim)
-            quantize_graph(precision, conformed, out, "decoder", QuantSettings())
+            if precision == "int8":
+                vocab_8bit = Path(work) / "vocab-8bit.onnx"
+                vocab_projection_8bit(conformed, vocab_8bit, quant)
+                conformed = vocab_8bit
+            quantize_graph(precision, conformed, out, "decoder", quant)
     return time.perf_counter() - started
 
 
@@ -294,8 +300,7 @@ def add_fused_variants(model_dir: Path, staging: Path, bundle, reference, config
 
     def build(precision):  # builder subprocesses: two at a time (mostly single-threaded Python work)
         return build_fused_decoder(model_dir, staging / f"decoder.{precision}{SUFFIX}.onnx", precision,
-                                   text["layers"], text["head_dim"], config.quant.int4_block_size,
-                                   config.quant.int4_accuracy_level)
+                                   text["layers"], text["head_dim"], config.quant)
 
     with ThreadPoolExecutor(max_workers=BUILD_WORKERS) as pool:
         builds = {p: pool.submit(build, p) for p in precisions}

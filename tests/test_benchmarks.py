@@ -94,6 +94,25 @@ def test_bandwidth_bound_is_the_best_kernel_on_one_core_or_all(monkeypatch):
     assert not any(k.endswith("_all_cores") for k in one_core)
 
 
+def test_decode_bounds_never_sit_below_a_decoder_that_streamed_faster(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import limits
+
+    text = {"layers": 2, "kv_heads": 1, "head_dim": 4}          # KV at 100 tokens: 2*2*1*4*100*4 = 6,400 bytes
+    inputs = {"text": text, "decode_context_tokens": 100,
+              "decoder_bytes": {"fp32": 20_000_000 - 6_400, "int8": 5_000_000 - 6_400},
+              "decode_ms_per_token": {"fp32": 0.5, "int8": 0.25}}  # 40 GB/s and 20 GB/s
+    latency = {"models": {"m": {"limits_inputs": inputs}}}
+    measured = {"bandwidth": {"read_gbs": 10.0, "bound_gbs": 25.0}, "gemm": {"fp32_gflops": 100.0}}
+    assert limits.roofline(measured, latency) == {"gbs": 40.0, "source": "decoder m fp32"}
+    decode = limits.derive(latency, measured)["m"]["decode"]
+    assert decode["fp32"]["fraction"] == 1.0 and decode["int8"]["fraction"] == 0.5
+    assert decode["int8"]["bytes_per_token"] == 5_000_000 and decode["int8"]["bound_ms"] == 0.125
+    faster = {**measured, "bandwidth": {"read_gbs": 10.0, "bound_gbs": 50.0}}
+    assert limits.roofline(faster, latency) == {"gbs": 50.0, "source": "numpy kernels"}
+    assert limits.derive(latency, faster)["m"]["decode"]["fp32"]["fraction"] == 0.8
+
+
 def test_report_regenerates_readme_deterministically(results, tmp_path):
     out, _ = results
     results_copy = tmp_path / "results"

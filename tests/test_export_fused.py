@@ -79,9 +79,15 @@ def test_fused_int8_is_the_builders_fp32_graph_quantized_dynamically(fused_bundl
     text = bundle.text
     out = tmp_path / "decoder.int8-fused.onnx"
     build_fused_decoder(tiny_models["small"], out, "int8", text["layers"], text["head_dim"])
-    ops = collections.Counter(n.op_type for n in onnx.load(str(out), load_external_data=False).graph.node)
-    assert ops["GroupQueryAttention"] == text["layers"] and ops["MatMulInteger"] == 7 * text["layers"] + 1, ops
-    assert "MatMulNBits" not in ops                      # not the builder's own (slow to prefill) 8-bit blocks
+    nodes = onnx.load(str(out), load_external_data=False).graph.node
+    ops = collections.Counter(n.op_type for n in nodes)
+    # the layers: quantize_dynamic, not the builder's own (slow to prefill) 8-bit blocks
+    assert ops["GroupQueryAttention"] == text["layers"] and ops["MatMulInteger"] == 7 * text["layers"], ops
+    # the vocabulary projection (one row per step): weight-only 8-bit blocks, int8 compute
+    (head,) = [n for n in nodes if n.op_type == "MatMulNBits"]
+    attributes = {a.name: onnx.helper.get_attribute_value(a) for a in head.attribute}
+    assert head.name.startswith("/lm_head/") and attributes["bits"] == 8 and attributes["accuracy_level"] == 4
+    assert attributes["N"] == text["vocab_size"] and attributes["block_size"] == 256
     assert graph_signature(out) == graph_signature(fused_bundle / bundle.graphs["decoder.fp32-fused"].file)
 
     rng = np.random.default_rng(0)

@@ -11,6 +11,9 @@ letter only, the reply's other tokens being what the views tell. Mixed into ever
 
 from __future__ import annotations
 
+import random
+import time
+
 import torch
 
 from cof_edge.data.vsearch import LETTERS, TAG_COLOURS
@@ -53,6 +56,27 @@ def lookup_loss(model, batch: dict) -> float:
         return float(model(**batch).loss)
 
 
+def drill_loop(model, batch, train: list, steps: int, batch_size: int, lr: float, seed: int, desc: str,
+               progress: bool = True) -> None:
+    """The drills' training loop: AdamW on `batch(loaders)` of `batch_size` loaders sampled from `train` (seeded
+    `seed` + 1), `steps` times; the running loss on the progress bar."""
+    from tqdm.auto import tqdm
+
+    rng = random.Random(seed + 1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    model.train()
+    bar, running = tqdm(range(steps), desc=desc, disable=not progress), None
+    for step in bar:
+        loss = model(**batch(rng.sample(train, min(batch_size, len(train))))).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        value = loss.item()
+        running = value if running is None else 0.95 * running + 0.05 * value
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{running:.3f}")
+
+
 def warm_up(model, layout: TokenLayout, trajectories, steps: int, batch_size: int, lr: float, seed: int = 0,
             held_out: int = 64, progress: bool = True) -> dict:
     """Train `model` on drills only (the short-context stage of the curriculum), before SFT on whole trajectories.
@@ -60,11 +84,6 @@ def warm_up(model, layout: TokenLayout, trajectories, steps: int, batch_size: in
     `trajectories` is a list of zero-argument loaders (`CachedTrajectory.load`). Returns the held-out lookup loss
     before and after, and the wall time.
     """
-    import random
-    import time
-
-    from tqdm.auto import tqdm
-
     from .sft import CoFCollator
 
     lookup_ids, pad = lookup_token_ids(layout), CoFCollator(layout.special.end_of_text)
@@ -77,20 +96,9 @@ def warm_up(model, layout: TokenLayout, trajectories, steps: int, batch_size: in
     def batch(loaders):
         return pad([drill_example(layout, load(), lookup_ids) for load in loaders])
 
-    held_batch, rng, t0 = batch(held), random.Random(seed + 1), time.time()
+    held_batch, t0 = batch(held), time.time()
     before = lookup_loss(model.eval(), held_batch)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    model.train()
-    bar, running = tqdm(range(steps), desc="drill warm-up", disable=not progress), None
-    for step in bar:
-        loss = model(**batch(rng.sample(train, min(batch_size, len(train))))).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        value = loss.item()
-        running = value if running is None else 0.95 * running + 0.05 * value
-        if step % 50 == 0:
-            bar.set_postfix(lookup_ce=f"{running:.3f}")
+    drill_loop(model, batch, train, steps, batch_size, lr, seed, "drill warm-up", progress)
     after = lookup_loss(model.eval(), held_batch)
     return {"steps": steps, "batch_size": batch_size, "lr": lr, "held_out_lookup_ce_before": round(before, 3),
             "held_out_lookup_ce_after": round(after, 3), "wall_time_s": round(time.time() - t0, 1)}

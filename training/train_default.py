@@ -4,8 +4,9 @@
 
 Steps: build the random init (small tokenizer, `preset.spec`) → pre-render the vsearch trajectory cache (unless
 `--cache` points at one, possibly still growing) → `preset.vision_warmup_steps` of vision drills
-(training/vision_drills.py) → `preset.drill_warmup_steps` of retrieval drills (training/drills.py); each stage once per
-work dir → TRL SFTTrainer (training/sft.py) with checkpoints every
+(training/vision_drills.py) → `preset.drill_warmup_steps` of retrieval drills (training/drills.py) →
+`preset.point_warmup_steps` of pointing drills (training/pointing_drills.py); each stage once per work dir
+(`--warm-up-only` stops after them) → TRL SFTTrainer (training/sft.py) with checkpoints every
 `save_steps` (weights, optimizer, scheduler, RNG, step) under `--work-dir/checkpoints` → `--resume` continues from
 the latest. Each checkpoint is also exported to `--out` as a plain HF directory (weights, tokenizer, image processor)
 with `RECIPE.json` (preset, budgets the runtime must use, seeds, steps, wall time, command), so a usable model exists
@@ -103,6 +104,32 @@ def drilled_init(init: Path, out: Path, cache: Path, preset, progress: bool = Tr
     return warmed_init(init, out, "drill_warmup", train)
 
 
+def pointed_init(init: Path, out: Path, cache: Path, preset, progress: bool = True, held_out_scenes: int = 10,
+                 held_out: int = 64) -> tuple[Path, dict]:
+    """Stage 3 (training/pointing_drills.py): the box of each zooming trajectory's first reply, from its global view;
+    up to `held_out` drills of the cache's last `held_out_scenes` scenes held out."""
+    from tokenizers import Tokenizer
+
+    from cof_edge.protocol import TokenLayout
+
+    from .cache import read_cache
+    from .pointing_drills import warm_up_pointing
+    from .sft import image_processor_for
+
+    def train(model, src):
+        layout = TokenLayout(Tokenizer.from_file(str(src / "tokenizer.json")))
+        zooming = [c for c in read_cache(cache) if len(c.record["turns"]) > 1]
+        scenes = sorted({c.record["scene"] for c in zooming})
+        held_scenes = set(scenes[-held_out_scenes:])
+        held = [c.load for c in zooming if c.record["scene"] in held_scenes][:held_out]
+        train = [c.load for c in zooming if c.record["scene"] not in held_scenes]
+        return warm_up_pointing(model, layout, image_processor_for(src), train, held, preset.point_warmup_steps,
+                                preset.point_batch_size, preset.lr, preset.budgets.system_prompt, seed=preset.seed,
+                                progress=progress)
+
+    return warmed_init(init, out, "point_warmup", train)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m cof_training.train_default", description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="cpu-default")
@@ -119,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-budget-min", type=float, default=None,
                    help="cosine LR over this much wall-clock time (resumes included), then stop and export")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--warm-up-only", action="store_true", help="run the pre-SFT stages (drills) and stop")
     p.add_argument("--background", action="store_true", help="detach: run in a new session, log to WORK_DIR/train.log")
     return p
 
@@ -174,11 +202,16 @@ def main(argv=None, extra_callbacks=()) -> int:
     cache = args.cache or work / "cache"
     if not read_cache(cache):
         build_cache(preset, cache, 0, preset.scenes, progress=not args.no_progress)
-    warm_up_report = vision_report = None
+    warm_up_report = vision_report = point_report = None
     if preset.vision_warmup_steps:  # each stage once per work dir; a resumed run finds it
         init, vision_report = vision_drilled_init(init, work / "init-vision", preset, progress=not args.no_progress)
     if preset.drill_warmup_steps:
         init, warm_up_report = drilled_init(init, work / "init-drilled", cache, preset, progress=not args.no_progress)
+    if preset.point_warmup_steps:
+        init, point_report = pointed_init(init, work / "init-pointed", cache, preset, progress=not args.no_progress)
+    if args.warm_up_only:
+        print(f"pre-SFT stages done: {init}")
+        return 0
 
     load_kwargs = {"dtype": torch.bfloat16 if preset.bf16 else torch.float32}
     if preset.quantization == "4bit":  # QLoRA (CUDA only): settings in training/configs/qlora_7b.json
@@ -214,6 +247,7 @@ def main(argv=None, extra_callbacks=()) -> int:
             "trajectory": {"box_min_side": preset.box_min_side, "two_zoom_below": preset.two_zoom_below},
             "vision_warmup": vision_report,
             "drill_warmup": warm_up_report,
+            "point_warmup": point_report,
             "params": n_params,
             "seeds": {"init": preset.seed, "train": preset.seed, "data": preset.data_seed},
             "steps": step,
