@@ -1,6 +1,7 @@
 """Precisions: each scheme writes its weights with onnxruntime's own tools and says how the result is run.
 
-- int8: `quantize_dynamic` (MatMul weights, and the embedding Gather), standard ONNX ops; CPU.
+- int8: `quantize_dynamic` (MatMul weights, and the embedding Gather), standard ONNX ops; CPU. The fused int8
+  decoder (export/fused.py) has its vocabulary projection as 8-bit `MatMulNBits` (`vocab_projection_8bit`).
 - int4: weight-only `MatMulNBits` (block size configurable), an onnxruntime contrib op; CPU and CUDA.
 - fp16: `convert_float_to_float16` with LayerNorm/RMSNorm, RoPE (Cos/Sin) and Softmax paths kept in fp32, where
   fp16 overflows; inputs and outputs stay fp32. For GPU targets.
