@@ -348,8 +348,8 @@ def headline(models: dict, resolutions) -> dict:
     methods = model["methods"]
     # the cpu target's int8 runtime graph: the fused decoder where the bundle has one (on the random model its
     # parity gate is a coin toss on flat logits, so the bundle's default does not say which one users get)
-    int8_variant = next((v for v in ("int8-fused", "int8") if "error" not in methods.get(f"ort_{v}", {"error": 1})),
-                        "int8")
+    ran = [v for v in ("int8-fused", "int8") if f"ort_{v}" in methods and "error" not in methods[f"ort_{v}"]]
+    int8_variant = ran[0] if ran else "int8"
     ratios = {}
     for res in resolutions:
         t, q = _median_at(model, "transformers", res), _median_at(model, f"ort_{int8_variant}", res)
