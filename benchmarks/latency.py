@@ -290,7 +290,8 @@ def limits_inputs(bundle, bundle_dir: Path, hf_dir: Path | None, methods: dict) 
         for r in m["resolutions"].values():
             views.update(r.get("vision_ms_per_view", {}))
         vision[variant] = views
-    return {"decoder_bytes": {v: bundle.variant(v)["decoder"].bytes for v in bundle.variants},
+    steps = {v: bundle.variant(v).get("decoder_step", bundle.variant(v)["decoder"]) for v in bundle.variants}
+    return {"decoder_bytes": {v: graph.bytes for v, graph in steps.items()},   # what one decode step reads
             "text": dict(bundle.text), "vision_config": vcfg if "intermediate_size" in vcfg else None,
             "decode_ms_per_token": decode, "vision_ms_per_view": vision,
             "decode_context_tokens": round(sum(context) / len(context)) if context else 0}

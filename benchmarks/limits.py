@@ -6,9 +6,9 @@ Measured in the same run: memory bandwidth (numpy: read = sum of a large float32
 each on one core and on all cores at once) and
 matmul throughput (numpy float32 GEMM GFLOP/s; onnxruntime int8 MatMulInteger GOP/s when onnx is installed).
 Derived for each model of a latency run (its `models[*].limits_inputs`):
-* decode bound (ms/token) = (decoder weight bytes + KV-cache bytes at the measured context) / bandwidth (the
-  highest of the read, copy and dot kernels, one core or all, or of the latency run's decoders where one streamed
-  faster: `roofline`);
+* decode bound (ms/token) = (weight bytes of the graph that runs decode steps + KV-cache bytes at the measured
+  context) / bandwidth (the highest of the read, copy and dot kernels, one core or all, or of the latency run's
+  decoders where one streamed faster: `roofline`);
 * vision bound (ms/view) = vision FLOPs of the view / float32 GEMM throughput;
 and the achieved fraction of each: bound_ms / measured_ms (1.0 = at the roofline).
 Writes `limits.json` under `--out` (default benchmarks/results/). The LAST line printed is a one-line JSON summary.

@@ -158,8 +158,9 @@ def limits_section(limits: dict) -> list[str]:
            f"GFLOP/s (numpy)"
            + (f"; int8 MatMulInteger {limits['ort_int8']['int8_gops']} GOP/s (onnxruntime)"
               if limits.get("ort_int8") else "") + ".", "",
-           "Decode bound = (decoder weight bytes + KV bytes at the mean context) / bandwidth; fraction = bound / "
-           "measured ms per token (1.0 = at the roofline). The bandwidth is the best numpy kernel's, or the fastest "
+           "Decode bound = (weight bytes of the graph that runs decode steps, the step decoder where a variant "
+           "has one, + KV bytes at the mean context) / bandwidth; fraction = bound / measured ms per token "
+           "(1.0 = at the roofline). The bandwidth is the best numpy kernel's, or the fastest "
            "decoder's of the latency run where that one streamed faster (a bound below what a decoder reads would "
            "flatter every fraction): here "
            + (f"{limits['roofline']['gbs']} GB/s ({limits['roofline']['source']})." if limits.get("roofline")

@@ -2,7 +2,9 @@
 
 `cof_export` writes it, `cof_edge` loads it. A bundle directory holds `cof.json`, `tokenizer.json` and ONNX graphs
 (with external data files) for one or more *variants*: a variant names one embed, one vision and one decoder graph,
-so the vision precision is chosen separately from the decoder's.
+so the vision precision is chosen separately from the decoder's, and optionally a `decoder_step` graph: a second
+decoder with the same contract and KV layout that the runtime runs for one-token steps (weights laid out for
+streaming one row, where the prefill graph's are laid out for many).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 FORMAT_VERSION = 1
 MANIFEST = "cof.json"
 GRAPH_KINDS = ("embed", "vision", "decoder")
+OPTIONAL_ROLES = {"decoder_step": "decoder"}   # variant role -> the kind of graph it names
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
 KV_CACHE_MODES = ("append", "in_place")
 
@@ -67,6 +70,7 @@ class Bundle:
         return digest.hexdigest()[:16]
 
     def variant(self, name: str | None = None) -> dict[str, GraphEntry]:
+        """{role: graph} of a variant: embed, vision, decoder, and decoder_step where it has one."""
         name = name or self.default_variant
         if name not in self.variants:
             raise BundleError(f"bundle has no variant {name!r}; it has {sorted(self.variants)}")
@@ -92,11 +96,18 @@ class Bundle:
 
     def check(self) -> None:
         for name, variant in self.variants.items():
-            if sorted(variant) != sorted(GRAPH_KINDS):
-                raise BundleError(f"variant {name!r} must name one graph of each kind {GRAPH_KINDS}, got {variant}")
-            for kind, graph_id in variant.items():
+            if not set(GRAPH_KINDS) <= set(variant) or set(variant) - set(GRAPH_KINDS) - set(OPTIONAL_ROLES):
+                raise BundleError(f"variant {name!r} must name one graph of each kind {GRAPH_KINDS} (and optionally "
+                                  f"{sorted(OPTIONAL_ROLES)}), got {variant}")
+            for role, graph_id in variant.items():
+                kind = OPTIONAL_ROLES.get(role, role)
                 if graph_id not in self.graphs or self.graphs[graph_id].kind != kind:
-                    raise BundleError(f"variant {name!r}: {kind} graph {graph_id!r} is not a {kind} graph of this bundle")
+                    raise BundleError(f"variant {name!r}: {role} graph {graph_id!r} is not a {kind} graph of this bundle")
+            step = variant.get("decoder_step")
+            if step and self.graphs[step].kv_cache != self.graphs[variant["decoder"]].kv_cache:
+                raise BundleError(f"variant {name!r}: its decoder_step graph {step!r} keeps the KV cache "
+                                  f"{self.graphs[step].kv_cache!r}, its decoder {self.graphs[variant['decoder']].kv_cache!r}:"
+                                  f" both must hand the same buffers on")
         if self.default_variant not in self.variants:
             raise BundleError(f"default variant {self.default_variant!r} is not one of {sorted(self.variants)}")
         for graph in self.graphs.values():

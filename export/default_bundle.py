@@ -39,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
 
             model = build_tiny_model(Path(scratch) / "tiny-random", tokenizer="small", seed=0)
             print("no trained default model found: exporting a tiny RANDOM model", file=sys.stderr)
-        bundle = export_bundle(model, args.out, ExportConfig(precisions=("fp32", "int8"), budgets=trained_budgets(model)),
+        # no step decoder: its second copy of the decoder weights would break the ~25 MB cap
+        config = ExportConfig(precisions=("fp32", "int8"), budgets=trained_budgets(model), step_decoder=False)
+        bundle = export_bundle(model, args.out, config,
                                progress=lambda stage: print(f"[default bundle] {stage}", file=sys.stderr))
     size = sum(f.stat().st_size for f in args.out.iterdir())
     print(f"{args.out}: {size / 1e6:.1f} MB, variants {sorted(bundle.variants)}, default {bundle.default_variant}")

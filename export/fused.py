@@ -6,7 +6,14 @@ SkipSimplifiedLayerNormalization, MatMulNBits: com.microsoft ops) and rewrites i
 exactly the contract of the standard decoder, so `cof_edge`'s ONNX Runtime backend runs it unchanged. The int8
 fused decoder is the builder's fp32 graph quantized with `quantize_dynamic`, as the plain int8 decoder is (the
 builder's own int8, 8-bit MatMulNBits, prefills 2.5x slower; `build_fused_decoder`), except its vocabulary
-projection: it multiplies one row per step, which 8-bit MatMulNBits streams faster (`vocab_projection_8bit`):
+projection: it multiplies one row per step, which 8-bit MatMulNBits streams faster (`vocab_projection_8bit`).
+Beside the int8 fused decoder, a one-token *step decoder*: the same fp32 graph with every MatMul 8-bit MatMulNBits
+(`matmuls_8bit`), which the runtime runs for decode steps while prefill keeps the quantize_dynamic graph; both write
+the same in-place KV buffers. It costs a second copy of the decoder weights, so it is kept only when its decode is
+measured faster (qwen300m, 2 threads, 530 cached positions, back-to-back pairs: 8.5-9.4 vs 11.1-11.7 ms/token
+in four of five, equal in the fifth; README).
+
+Builder options and the rewrite to our contract:
 
 - builder options: `exclude_embeds=true` (inputs_embeds in; the bundle's embed graph stays), `prune_lm_head=true`
   (the vocabulary projection runs on the last position only: logits [B, 1, V]);
@@ -47,7 +54,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from .quantize import QuantSettings, quantize_graph, vocab_projection_8bit
+from .quantize import QuantSettings, matmuls_8bit, quantize_graph, vocab_projection_8bit
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +63,7 @@ FUSED_PRECISIONS = ("fp32", "int8", "int4")   # the fused CPU decoders made here
 # scheme (quantize_dynamic: MatMulInteger, which onnxruntime fuses into DynamicQuantizeMatMul/MatMulIntegerToFloat).
 BUILDER_PRECISION = {"fp32": "fp32", "int8": "fp32", "int4": "int4"}
 SUFFIX = "-fused"
+STEP_SUFFIX = "-step"
 ROUTE = "onnxruntime-genai model builder (int8: its fp32 graph + quantize_dynamic)"
 BUILD_WORKERS = 2
 
@@ -181,8 +189,9 @@ def _rename_everywhere(graph: onnx.GraphProto, renames: dict[str, str]) -> None:
 
 
 def build_fused_decoder(model_dir: Path, out: Path, precision: str, layers: int, head_dim: int,
-                        quant: QuantSettings = QuantSettings()) -> float:
-    """Builds and conforms one fused decoder at `out`; returns the seconds it took.
+                        quant: QuantSettings = QuantSettings(), step_out: Path | None = None) -> float:
+    """Builds and conforms one fused decoder at `out` (int8 with `step_out`: its step decoder there too); returns
+    the seconds it took.
 
     int8 is the builder's fp32 graph quantized by `quantize_dynamic` (`BUILDER_PRECISION`), not the builder's own
     int8 (8-bit MatMulNBits): on the ~300M config, 1 thread, 600-token context, the builder's int8 prefilled in
@@ -198,6 +207,8 @@ def build_fused_decoder(model_dir: Path, out: Path, precision: str, layers: int,
         else:
             conformed = Path(work) / f"conformed-{built}.onnx"
             conform(raw, conformed, layers, head_dim)
+            if precision == "int8" and step_out is not None:
+                matmuls_8bit(conformed, step_out, quant)
             if precision == "int8":
                 vocab_8bit = Path(work) / "vocab-8bit.onnx"
                 vocab_projection_8bit(conformed, vocab_8bit, quant)
@@ -299,8 +310,9 @@ def add_fused_variants(model_dir: Path, staging: Path, bundle, reference, config
     say(f"fused decoders {', '.join(precisions)}")
 
     def build(precision):  # builder subprocesses: two at a time (mostly single-threaded Python work)
+        step = staging / _step_file(precision) if precision == "int8" and config.step_decoder else None
         return build_fused_decoder(model_dir, staging / f"decoder.{precision}{SUFFIX}.onnx", precision,
-                                   text["layers"], text["head_dim"], config.quant)
+                                   text["layers"], text["head_dim"], config.quant, step_out=step)
 
     with ThreadPoolExecutor(max_workers=BUILD_WORKERS) as pool:
         builds = {p: pool.submit(build, p) for p in precisions}
@@ -308,14 +320,14 @@ def add_fused_variants(model_dir: Path, staging: Path, bundle, reference, config
             future.exception()
     for precision in precisions:
         variant, graph_id = f"{precision}{SUFFIX}", f"decoder.{precision}{SUFFIX}"
-        file = f"{graph_id}.onnx"
+        file, step_file = f"{graph_id}.onnx", _step_file(precision)
         entry_record = record["variants"][variant] = {"kept": False}
         try:
             entry_record["build_seconds"] = round(builds[precision].result(), 2)
         except Exception as exc:  # noqa: BLE001 - an optional speed-up: record why, keep the export going
             entry_record["reason"] = f"build failed: {exc}"[:2000]
             log.warning("fused %s decoder not built: %s", precision, exc)
-            _remove_graph_files(staging, file)
+            _remove_graph_files(staging, file, step_file)
             continue
         say(f"time fused decoder {precision}")
         plain_graph = bundle.graphs[bundle.variants[precision]["decoder"]]
@@ -327,10 +339,13 @@ def add_fused_variants(model_dir: Path, staging: Path, bundle, reference, config
                             timing={"prefill_tokens": fused.prefill_tokens, "decode_tokens": fused.decode_tokens})
         if fused.decode_ms_per_token >= plain.decode_ms_per_token:
             entry_record["reason"] = "not faster than the plain decoder of the same precision"
-            _remove_graph_files(staging, file)
+            _remove_graph_files(staging, file, step_file)
             continue
         bundle.graphs[graph_id] = _entry(staging, file, "decoder", precision, kv_cache="in_place")
         bundle.variants[variant] = {**bundle.variants[precision], "decoder": graph_id}
+        if (staging / step_file).is_file():
+            say(f"time step decoder {variant}")
+            _attach_step_decoder(staging, bundle, variant, step_file, text["hidden"], entry_record)
         (staging / MANIFEST).write_text(bundle.to_json())
         say(f"parity {variant}")
         measured = parity.compare(reference, OnnxBackend(staging, variant=variant), steps=config.parity_steps)
@@ -339,8 +354,10 @@ def add_fused_variants(model_dir: Path, staging: Path, bundle, reference, config
                         failures=parity.failures(measured, gate))
         if measured["failures"] and not config.force:
             entry_record["reason"] = f"parity gate: {measured['failures']}"
-            del bundle.graphs[graph_id], bundle.variants[variant]
-            _remove_graph_files(staging, file)
+            dropped = bundle.variants.pop(variant)
+            for role in ("decoder", "decoder_step"):
+                bundle.graphs.pop(dropped.get(role, ""), None)
+            _remove_graph_files(staging, file, step_file)
             continue
         bundle.parity[variant] = measured
         entry_record["kept"] = True
@@ -358,6 +375,32 @@ def add_fused_variants(model_dir: Path, staging: Path, bundle, reference, config
     return missed
 
 
-def _remove_graph_files(root: Path, file: str) -> None:
-    for path in (root / file, root / f"{file}.data"):
-        path.unlink(missing_ok=True)
+def _step_file(precision: str) -> str:
+    return f"decoder.{precision}{SUFFIX}{STEP_SUFFIX}.onnx"
+
+
+def _attach_step_decoder(staging: Path, bundle, variant: str, step_file: str, hidden: int, record: dict) -> None:
+    """Times the step decoder against `variant`'s decoder, both one token per step; makes it the variant's
+    `decoder_step` when faster, else removes it. Recorded under `record["step_decoder"]`."""
+    from .pipeline import _entry
+
+    decoder = bundle.graphs[bundle.variants[variant]["decoder"]]
+    full, step = compare_speed(staging / decoder.file, staging / step_file, hidden)
+    outcome = record["step_decoder"] = {
+        "decode_ms_per_token": round(step.decode_ms_per_token, 4),
+        "decoder_decode_ms_per_token": round(full.decode_ms_per_token, 4),
+        "decode_speedup": round(full.decode_ms_per_token / step.decode_ms_per_token, 3), "kept": False}
+    if step.decode_ms_per_token >= full.decode_ms_per_token:
+        outcome["reason"] = "not faster than the decoder itself at one token per step"
+        _remove_graph_files(staging, step_file)
+        return
+    graph_id = step_file.removesuffix(".onnx")
+    bundle.graphs[graph_id] = _entry(staging, step_file, "decoder", decoder.precision, kv_cache=decoder.kv_cache)
+    bundle.variants[variant]["decoder_step"] = graph_id
+    outcome.update(kept=True, extra_bytes=bundle.graphs[graph_id].bytes)
+
+
+def _remove_graph_files(root: Path, *files: str) -> None:
+    for file in files:
+        for path in (root / file, root / f"{file}.data"):
+            path.unlink(missing_ok=True)

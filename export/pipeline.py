@@ -46,6 +46,7 @@ class ExportConfig:
     budgets: dict[str, int | str] = field(default_factory=dict)   # overrides of the checkpoint's / AskOptions' budgets
     default_variant: str | None = None
     fused: bool = True                      # cpu target: also build ORT-fused decoders (export/fused.py), kept if faster
+    step_decoder: bool = True               # with int8-fused: a one-token step decoder beside it, kept if faster
 
     def __post_init__(self):
         unknown = [p for p in self.precisions if p not in SCHEMES]

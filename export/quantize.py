@@ -1,7 +1,8 @@
 """Precisions: each scheme writes its weights with onnxruntime's own tools and says how the result is run.
 
 - int8: `quantize_dynamic` (MatMul weights, and the embedding Gather), standard ONNX ops; CPU. The fused int8
-  decoder (export/fused.py) has its vocabulary projection as 8-bit `MatMulNBits` (`vocab_projection_8bit`).
+  decoder (export/fused.py) has its vocabulary projection as 8-bit `MatMulNBits` (`vocab_projection_8bit`), and its
+  one-token step decoder every MatMul (`matmuls_8bit`).
 - int4: weight-only `MatMulNBits` (block size configurable), an onnxruntime contrib op; CPU and CUDA.
 - fp16: `convert_float_to_float16` with LayerNorm/RMSNorm, RoPE (Cos/Sin) and Softmax paths kept in fp32, where
   fp16 overflows; inputs and outputs stay fp32. For GPU targets.
@@ -29,8 +30,8 @@ class QuantSettings:
     # quantize_dynamic's int8 Gather is per-tensor: on our probes it moved top-1 (0.91 vs 1.0 with fp32 embeddings),
     # so the embedding table stays fp32 unless asked; it is a lookup (memory), not compute.
     int8_embeddings: bool = False
-    # Fused int8 decoders: the vocabulary projection as weight-only 8-bit blocks (`vocab_projection_8bit`).
-    int8_vocab_block_size: int = 256
+    # Fused int8 decoders: weight-only 8-bit blocks along K for the vocabulary projection and the step decoder.
+    int8_block_size: int = 256
 
 
 @dataclass(frozen=True)
@@ -140,25 +141,33 @@ def converted_kinds(precision: str, settings: QuantSettings) -> tuple[str, ...]:
 VOCAB_PROJECTION = "/lm_head/"   # onnxruntime-genai's builder names the vocabulary projection's MatMul so
 
 
-def vocab_projection_8bit(source: Path, out: Path, settings: QuantSettings) -> None:
-    """Writes `source` with its vocabulary projection as weight-only 8-bit `MatMulNBits` (symmetric blocks of
-    `int8_vocab_block_size` along K, int8 compute: accuracy level 4) and every other MatMul left float for
-    `quantize_dynamic`. For fused decoders, whose builder prunes the projection to the last position: it multiplies
-    one row per step, where MatMulNBits streams the weights faster than quantize_dynamic's DynamicQuantizeMatMul
-    (qwen300m's 155 MB projection here, one thread: 5.2 vs 9.3 ms; whole decode step at a 530-token context:
-    17.0 vs 22.8 ms/token). The layers' MatMuls stay quantize_dynamic: as MatMulNBits they prefill 1.5x slower."""
+def matmuls_8bit(source: Path, out: Path, settings: QuantSettings, prefix: str = "") -> int:
+    """Writes `source` with its MatMuls named `prefix`* (all, by default) as weight-only 8-bit `MatMulNBits`
+    (symmetric blocks of `int8_block_size` along K, int8 compute: accuracy level 4) and every other MatMul left
+    float; returns how many it converted. At one row per call 8-bit MatMulNBits streams the weights faster than
+    quantize_dynamic's DynamicQuantizeMatMul; at hundreds of rows (prefill) it is 1.5-1.9x slower."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     model = onnx.load(str(source))
     matmuls = [node.name for node in model.graph.node if node.op_type == "MatMul"]
-    head = [name for name in matmuls if name.startswith(VOCAB_PROJECTION)]
-    if not head:
+    chosen = [name for name in matmuls if name.startswith(prefix)]
+    if chosen:
+        quantizer = MatMulNBitsQuantizer(model, bits=8, block_size=settings.int8_block_size, is_symmetric=True,
+                                         accuracy_level=4, op_types_to_quantize=("MatMul",),
+                                         nodes_to_exclude=[name for name in matmuls if name not in chosen])
+        quantizer.process()
+        model = quantizer.model.model
+    _save(model, out)
+    return len(chosen)
+
+
+def vocab_projection_8bit(source: Path, out: Path, settings: QuantSettings) -> None:
+    """Writes `source` with only its vocabulary projection as 8-bit `MatMulNBits` (`matmuls_8bit`), the rest left
+    float for `quantize_dynamic`. For fused decoders, whose builder prunes the projection to the last position: it
+    multiplies one row per step, prefill or decode (qwen300m's 155 MB projection here, one thread: 5.2 vs 9.3 ms;
+    whole decode step at a 530-token context: 17.0 vs 22.8 ms/token)."""
+    if not matmuls_8bit(source, out, settings, prefix=VOCAB_PROJECTION):
         raise ValueError(f"{source} has no MatMul named {VOCAB_PROJECTION}*: not an onnxruntime-genai decoder graph")
-    quantizer = MatMulNBitsQuantizer(model, bits=8, block_size=settings.int8_vocab_block_size, is_symmetric=True,
-                                     accuracy_level=4, op_types_to_quantize=("MatMul",),
-                                     nodes_to_exclude=[name for name in matmuls if name not in head])
-    quantizer.process()
-    _save(quantizer.model.model, out)
 
 
 def quantize_graph(precision: str, source: Path, out: Path, kind: str, settings: QuantSettings) -> None:

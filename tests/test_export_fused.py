@@ -1,5 +1,7 @@
 """Fused decoders (onnxruntime-genai's model builder, conformed): token-identical to transformers, same contract."""
 
+from pathlib import Path
+
 import pytest
 
 pytest.importorskip("torch")
@@ -77,8 +79,8 @@ def test_fused_int8_is_the_builders_fp32_graph_quantized_dynamically(fused_bundl
 
     bundle = load_bundle(fused_bundle)
     text = bundle.text
-    out = tmp_path / "decoder.int8-fused.onnx"
-    build_fused_decoder(tiny_models["small"], out, "int8", text["layers"], text["head_dim"])
+    out, step = tmp_path / "decoder.int8-fused.onnx", tmp_path / "decoder.int8-fused-step.onnx"
+    build_fused_decoder(tiny_models["small"], out, "int8", text["layers"], text["head_dim"], step_out=step)
     nodes = onnx.load(str(out), load_external_data=False).graph.node
     ops = collections.Counter(n.op_type for n in nodes)
     # the layers: quantize_dynamic, not the builder's own (slow to prefill) 8-bit blocks
@@ -89,6 +91,10 @@ def test_fused_int8_is_the_builders_fp32_graph_quantized_dynamically(fused_bundl
     assert head.name.startswith("/lm_head/") and attributes["bits"] == 8 and attributes["accuracy_level"] == 4
     assert attributes["N"] == text["vocab_size"] and attributes["block_size"] == 256
     assert graph_signature(out) == graph_signature(fused_bundle / bundle.graphs["decoder.fp32-fused"].file)
+    # the step decoder: every MatMul as 8-bit blocks, the same contract
+    step_ops = collections.Counter(n.op_type for n in onnx.load(str(step), load_external_data=False).graph.node)
+    assert step_ops["MatMulNBits"] == 7 * text["layers"] + 1 and not step_ops["MatMulInteger"], step_ops
+    assert graph_signature(step) == graph_signature(out)
 
     rng = np.random.default_rng(0)
     feeds = {"inputs_embeds": rng.standard_normal((1, 12, text["hidden"]), dtype=np.float32),
@@ -97,9 +103,10 @@ def test_fused_int8_is_the_builders_fp32_graph_quantized_dynamically(fused_bundl
     feeds.update({f"past_{kind}.{i}": np.zeros((1, text["kv_heads"], 0, text["head_dim"]), np.float32)
                   for i in range(text["layers"]) for kind in ("key", "value")})
     fp32 = session(fused_bundle / bundle.graphs["decoder.fp32-fused"].file).run(None, feeds)[0]
-    int8 = session(out).run(None, feeds)[0]
-    assert not np.array_equal(int8, fp32)                # quantized for real ...
-    assert np.abs(int8 - fp32).max() < 0.05 * np.abs(fp32).max() and int8.argmax() == fp32.argmax()   # ... closely
+    for graph in (out, step):
+        int8 = session(graph).run(None, feeds)[0]
+        assert not np.array_equal(int8, fp32)                # quantized for real ...
+        assert np.abs(int8 - fp32).max() < 0.05 * np.abs(fp32).max() and int8.argmax() == fp32.argmax()  # ... closely
 
 
 def test_fused_decoder_writes_kv_in_place_across_buffer_growth(fused_bundle, monkeypatch):
@@ -129,3 +136,102 @@ def test_fused_decoder_writes_kv_in_place_across_buffer_growth(fused_bundle, mon
     past = next(iter(in_place.past.values())).numpy()
     assert past.shape[2] == 32 and not past[:, :, start:].any()     # one buffer, written up to the cached length
     assert next(iter(appending.past.values())).numpy().shape[2] == start == 29
+
+
+class CountingSession:
+    """Wraps an ORT session and counts the forwards run through it."""
+
+    def __init__(self, inner):
+        self.inner, self.runs = inner, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def run_with_iobinding(self, binding):
+        self.runs += 1
+        return self.inner.run_with_iobinding(binding)
+
+
+def test_step_decoder_runs_the_one_token_steps_on_the_same_kv_buffers(fused_bundle, tmp_path, monkeypatch):
+    import shutil
+
+    import numpy as np
+
+    from cof_edge.backends.onnx_backend import OnnxBackend
+    from cof_edge.bundle import MANIFEST, BundleError
+    from cof_export.pipeline import _entry
+    from cof_export.quantize import QuantSettings, matmuls_8bit
+
+    root = tmp_path / "bundle"
+    shutil.copytree(fused_bundle, root)
+    bundle = load_bundle(root)
+    assert matmuls_8bit(root / bundle.graphs["decoder.fp32-fused"].file, root / "decoder.step.onnx",
+                        QuantSettings()) == 7 * bundle.text["layers"] + 1
+    bundle.graphs["decoder.step"] = _entry(root, "decoder.step.onnx", "decoder", "int8", kv_cache="in_place")
+    bundle.variants["fp32-fused"]["decoder_step"] = "decoder.step"
+    bundle.check()
+    (root / MANIFEST).write_text(bundle.to_json())
+    load_bundle(root, verify=True)
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from latency import limits_inputs
+
+    read_per_step = limits_inputs(bundle, root, None, {})["decoder_bytes"]   # what a decode step streams
+    assert read_per_step["fp32-fused"] == bundle.graphs["decoder.step"].bytes
+    assert read_per_step["fp32"] == bundle.graphs["decoder.fp32"].bytes
+
+    stepped_backend = OnnxBackend(root, variant="fp32-fused")
+    stepped_backend.step_decoder = step_runs = CountingSession(stepped_backend.step_decoder)
+    stepped_backend.sessions["decoder"] = prefill_runs = CountingSession(stepped_backend.sessions["decoder"])
+    stepped, reference = stepped_backend.new_session(), OnnxBackend(fused_bundle, variant="fp32-fused").new_session()
+    rng = np.random.default_rng(4)
+    start = 0
+    for i, length in enumerate((6, 1, 1, 1, 5, 1)):   # prompt, decode steps, a zoom turn's chunk, a step
+        tokens = rng.integers(10, 200, length)
+        positions = np.broadcast_to(np.arange(start, start + length), (3, length)).copy()
+        ours, theirs = stepped.forward(tokens, positions, []), reference.forward(tokens, positions, [])
+        if i == 0:
+            np.testing.assert_array_equal(ours, theirs)       # the prefill graph, unchanged
+        else:                                                 # 8-bit weights in the steps and the K/V they wrote
+            assert not np.array_equal(ours, theirs) and ours.argmax() == theirs.argmax()
+            assert np.abs(ours - theirs).max() < 0.05 * np.abs(theirs).max()
+        start += length
+    assert (prefill_runs.runs, step_runs.runs) == (2, 4)
+    assert stepped.cached_tokens == start and stepped.capacity == reference.capacity
+
+    bundle.graphs["decoder.step"].kv_cache = "append"
+    with pytest.raises(BundleError, match="same buffers"):
+        bundle.check()
+    bundle.graphs["decoder.step"].kv_cache = "in_place"
+    bundle.variants["fp32-fused"]["decoder_step"] = "embed.fp32"
+    with pytest.raises(BundleError, match="decoder_step graph 'embed.fp32' is not a decoder graph"):
+        bundle.check()
+
+
+@pytest.mark.parametrize("step_ms", [5.0, 15.0])
+def test_step_decoder_is_kept_only_when_measured_faster(fused_bundle, tmp_path, monkeypatch, step_ms):
+    import shutil
+
+    from cof_export import fused
+    from cof_export.quantize import QuantSettings, matmuls_8bit
+
+    root = tmp_path / "bundle"
+    shutil.copytree(fused_bundle, root)
+    bundle = load_bundle(root)
+    step_file = "decoder.fp32-fused-step.onnx"
+    matmuls_8bit(root / bundle.graphs["decoder.fp32-fused"].file, root / step_file, QuantSettings())
+    timing = lambda ms: fused.DecodeTiming(ms, 1.0, 64, 16)   # noqa: E731
+    monkeypatch.setattr(fused, "compare_speed", lambda full, step, hidden: (timing(10.0), timing(step_ms)))
+    record = {}
+    fused._attach_step_decoder(root, bundle, "fp32-fused", step_file, bundle.text["hidden"], record)
+    outcome = record["step_decoder"]
+    assert outcome["decode_speedup"] == round(10.0 / step_ms, 3)
+    if step_ms < 10.0:
+        assert outcome["kept"] and bundle.variants["fp32-fused"]["decoder_step"] == "decoder.fp32-fused-step"
+        entry = bundle.graphs["decoder.fp32-fused-step"]
+        assert (entry.kind, entry.kv_cache, entry.file) == ("decoder", "in_place", step_file)
+        assert outcome["extra_bytes"] == entry.bytes > 0
+        bundle.check()
+    else:
+        assert not outcome["kept"] and "not faster" in outcome["reason"]
+        assert "decoder_step" not in bundle.variants["fp32-fused"] and "decoder.fp32-fused-step" not in bundle.graphs
+        assert not (root / step_file).exists() and not (root / f"{step_file}.data").exists()

@@ -2,7 +2,8 @@
 
 Graphs and their contracts come from the bundle's `cof.json`. The vision precompute (rotary positions, window
 layout) runs on the host (`cof_edge.vision_host`); M-RoPE positions come from the engine. Each session keeps its
-KV cache and appends to it: nothing already prefilled is prefilled again.
+KV cache and appends to it: nothing already prefilled is prefilled again. A variant with a `decoder_step` graph runs
+it for one-token steps and its decoder for everything longer; both read and write the same KV buffers.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from .. import vision_host
-from ..bundle import BundleError, load_bundle
+from ..bundle import OPTIONAL_ROLES, BundleError, load_bundle
 from ..geometry import View
 from ..images import SourceImage
 from ..preprocess import preprocess
@@ -37,7 +38,7 @@ class OnnxBackend:
         if threads:
             options.intra_op_num_threads = threads
         options.log_severity_level = 3
-        self.sessions = {kind: self._open(entry, kind, options) for kind, entry in graphs.items()}
+        self.sessions = {role: self._open(entry, role, options) for role, entry in graphs.items()}
         self.tokenizer = Tokenizer.from_file(str(self.directory / "tokenizer.json"))
         self.vision_geometry = vision_host.VisionGeometry.from_dict(self.bundle.vision)
         self.cache_id = f"onnx:{self.bundle.bundle_id}:{graphs['vision'].sha256[:16]}"
@@ -49,14 +50,21 @@ class OnnxBackend:
                 [n.replace("past_", "present_") for n in self.past_names] != self.present_names:
             raise BundleError(f"{graphs['decoder'].file}: outputs do not follow the decoder contract "
                              f"(logits, then present_* in the order of the past_* inputs)")
+        self.step_decoder = self.sessions.get("decoder_step")
+        if self.step_decoder is not None and (
+                [i.name for i in self.step_decoder.get_inputs()] != list(decoder_inputs)
+                or [o.name for o in self.step_decoder.get_outputs()] != ["logits", *self.present_names]):
+            raise BundleError(f"{graphs['decoder_step'].file}: its inputs and outputs differ from the decoder's "
+                              f"{graphs['decoder'].file}; re-export the bundle")
         self.kv_dtype = np.float16 if decoder_inputs[self.past_names[0]].type == "tensor(float16)" else np.float32
         text = self.bundle.text
         self.kv_shape = (text["kv_heads"], text["head_dim"])
         self.max_context = text.get("max_position_embeddings")
         self.kv_in_place = graphs["decoder"].kv_cache == "in_place"
 
-    def _open(self, entry, kind: str, options) -> ort.InferenceSession:
+    def _open(self, entry, role: str, options) -> ort.InferenceSession:
         """An ORT session for one graph, checked against the signature cof.json recorded for it."""
+        kind = OPTIONAL_ROLES.get(role, role)
         path = self.directory / entry.file
         try:
             session = ort.InferenceSession(str(path), sess_options=options, providers=session_providers(
@@ -133,7 +141,8 @@ class OnnxSession:
         total = self.cached_tokens + len(token_ids)
         if backend.kv_in_place:
             self._reserve(total)
-        binding = backend.sessions["decoder"].io_binding()
+        decoder = backend.step_decoder if len(token_ids) == 1 and backend.step_decoder else backend.sessions["decoder"]
+        binding = decoder.io_binding()
         binding.bind_cpu_input("inputs_embeds", embeds)
         binding.bind_cpu_input("attention_mask", np.ones((1, total), np.int64))
         binding.bind_cpu_input("position_ids", np.ascontiguousarray(positions[:, None, :], dtype=np.int64))
@@ -145,7 +154,7 @@ class OnnxSession:
                 binding.bind_ortvalue_output(name, self.past[past_name])
             else:
                 binding.bind_output(name, self.device)
-        backend.sessions["decoder"].run_with_iobinding(binding)
+        decoder.run_with_iobinding(binding)
         outputs = binding.get_outputs()
         if not backend.kv_in_place:
             self.past = dict(zip(backend.past_names, outputs[1:]))
