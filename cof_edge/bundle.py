@@ -102,12 +102,13 @@ class Bundle:
             for role, graph_id in variant.items():
                 kind = OPTIONAL_ROLES.get(role, role)
                 if graph_id not in self.graphs or self.graphs[graph_id].kind != kind:
-                    raise BundleError(f"variant {name!r}: {role} graph {graph_id!r} is not a {kind} graph of this bundle")
-            step = variant.get("decoder_step")
-            if step and self.graphs[step].kv_cache != self.graphs[variant["decoder"]].kv_cache:
-                raise BundleError(f"variant {name!r}: its decoder_step graph {step!r} keeps the KV cache "
-                                  f"{self.graphs[step].kv_cache!r}, its decoder {self.graphs[variant['decoder']].kv_cache!r}:"
-                                  f" both must hand the same buffers on")
+                    raise BundleError(f"variant {name!r}: {role} graph {graph_id!r} is not a {kind} graph of "
+                                      f"this bundle")
+            step, decoder = self.graphs.get(variant.get("decoder_step")), self.graphs[variant["decoder"]]
+            if step and step.kv_cache != decoder.kv_cache:
+                raise BundleError(f"variant {name!r}: its decoder_step graph {step.file} keeps the KV cache "
+                                  f"{step.kv_cache!r}, its decoder {decoder.kv_cache!r}: both must hand the same "
+                                  f"buffers on; re-export the bundle")
         if self.default_variant not in self.variants:
             raise BundleError(f"default variant {self.default_variant!r} is not one of {sorted(self.variants)}")
         for graph in self.graphs.values():

@@ -26,8 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-fused", action="store_true",
                         help="skip the onnxruntime-genai fused decoders (built for --target cpu, kept when faster)")
     parser.add_argument("--no-step-decoder", action="store_true",
-                        help="skip int8-fused's one-token step decoder (faster decode, but a second copy of the "
-                             "decoder weights in memory and on disk)")
+                        help="skip int8-fused's one-token step decoder (it decodes faster, but it is a second copy "
+                             "of the decoder weights, in memory and on disk)")
     parser.add_argument("--parity-steps", type=int, default=16, help="teacher-forced and greedy steps per probe")
     parser.add_argument("--force", action="store_true", help="write even if a parity threshold is missed (marked)")
     for name in BUDGET_FIELDS:
@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = ExportConfig(precisions=tuple(p.strip() for p in args.precision.split(",") if p.strip()),
                               vision_precision=args.vision_precision, target=args.target, force=args.force,
-                              parity_steps=args.parity_steps, budgets=budgets, fused=not args.no_fused, step_decoder=not args.no_step_decoder,
+                              parity_steps=args.parity_steps, budgets=budgets, fused=not args.no_fused,
+                              step_decoder=not args.no_step_decoder,
                               quant=QuantSettings(int4_block_size=args.int4_block_size,
                                                   int8_embeddings=args.int8_embeddings))
         bundle = _run(args.model, args.out, config)
