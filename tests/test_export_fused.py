@@ -152,31 +152,42 @@ class CountingSession:
         return self.inner.run_with_iobinding(binding)
 
 
-def test_step_decoder_runs_the_one_token_steps_on_the_same_kv_buffers(fused_bundle, tmp_path, monkeypatch):
+def with_step_graph(fused_bundle, tmp_path, monkeypatch, step_ms: float):
+    """A copy of the fused bundle whose fp32-fused variant is offered an 8-bit step graph through the export's own
+    `_attach_step_decoder`, timed (monkeypatched) at `step_ms` against the decoder's 10 ms per token."""
     import shutil
 
-    import numpy as np
-
-    from cof_edge.backends.onnx_backend import OnnxBackend
-    from cof_edge.bundle import MANIFEST, BundleError
-    from cof_export.pipeline import _entry
+    from cof_export import fused
     from cof_export.quantize import QuantSettings, matmuls_8bit
 
     root = tmp_path / "bundle"
     shutil.copytree(fused_bundle, root)
     bundle = load_bundle(root)
-    assert matmuls_8bit(root / bundle.graphs["decoder.fp32-fused"].file, root / "decoder.step.onnx",
+    step_file = "decoder.fp32-fused-step.onnx"
+    assert matmuls_8bit(root / bundle.graphs["decoder.fp32-fused"].file, root / step_file,
                         QuantSettings()) == 7 * bundle.text["layers"] + 1
-    bundle.graphs["decoder.step"] = _entry(root, "decoder.step.onnx", "decoder", "int8", kv_cache="in_place")
-    bundle.variants["fp32-fused"]["decoder_step"] = "decoder.step"
-    bundle.check()
+    timing = lambda ms: fused.DecodeTiming(ms, 1.0, 64, 16)   # noqa: E731
+    monkeypatch.setattr(fused, "compare_speed", lambda full, step, hidden: (timing(10.0), timing(step_ms)))
+    record = {}
+    fused._attach_step_decoder(root, bundle, "fp32-fused", step_file, bundle.text["hidden"], record)
+    return root, bundle, step_file, record["step_decoder"]
+
+
+def test_step_decoder_runs_the_one_token_steps_on_the_same_kv_buffers(fused_bundle, tmp_path, monkeypatch):
+    import numpy as np
+
+    from cof_edge.backends.onnx_backend import OnnxBackend
+    from cof_edge.bundle import MANIFEST, BundleError
+
+    root, bundle, _, outcome = with_step_graph(fused_bundle, tmp_path, monkeypatch, step_ms=5.0)
+    assert outcome["kept"]
     (root / MANIFEST).write_text(bundle.to_json())
     load_bundle(root, verify=True)
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from latency import limits_inputs
 
     read_per_step = limits_inputs(bundle, root, None, {})["decoder_bytes"]   # what a decode step streams
-    assert read_per_step["fp32-fused"] == bundle.graphs["decoder.step"].bytes
+    assert read_per_step["fp32-fused"] == bundle.graphs["decoder.fp32-fused-step"].bytes
     assert read_per_step["fp32"] == bundle.graphs["decoder.fp32"].bytes
 
     stepped_backend = OnnxBackend(root, variant="fp32-fused")
@@ -198,10 +209,10 @@ def test_step_decoder_runs_the_one_token_steps_on_the_same_kv_buffers(fused_bund
     assert (prefill_runs.runs, step_runs.runs) == (2, 4)
     assert stepped.cached_tokens == start and stepped.capacity == reference.capacity
 
-    bundle.graphs["decoder.step"].kv_cache = "append"
+    bundle.graphs["decoder.fp32-fused-step"].kv_cache = "append"
     with pytest.raises(BundleError, match="same buffers"):
         bundle.check()
-    bundle.graphs["decoder.step"].kv_cache = "in_place"
+    bundle.graphs["decoder.fp32-fused-step"].kv_cache = "in_place"
     bundle.variants["fp32-fused"]["decoder_step"] = "embed.fp32"
     with pytest.raises(BundleError, match="decoder_step graph 'embed.fp32' is not a decoder graph"):
         bundle.check()
@@ -209,21 +220,7 @@ def test_step_decoder_runs_the_one_token_steps_on_the_same_kv_buffers(fused_bund
 
 @pytest.mark.parametrize("step_ms", [5.0, 15.0])
 def test_step_decoder_is_kept_only_when_measured_faster(fused_bundle, tmp_path, monkeypatch, step_ms):
-    import shutil
-
-    from cof_export import fused
-    from cof_export.quantize import QuantSettings, matmuls_8bit
-
-    root = tmp_path / "bundle"
-    shutil.copytree(fused_bundle, root)
-    bundle = load_bundle(root)
-    step_file = "decoder.fp32-fused-step.onnx"
-    matmuls_8bit(root / bundle.graphs["decoder.fp32-fused"].file, root / step_file, QuantSettings())
-    timing = lambda ms: fused.DecodeTiming(ms, 1.0, 64, 16)   # noqa: E731
-    monkeypatch.setattr(fused, "compare_speed", lambda full, step, hidden: (timing(10.0), timing(step_ms)))
-    record = {}
-    fused._attach_step_decoder(root, bundle, "fp32-fused", step_file, bundle.text["hidden"], record)
-    outcome = record["step_decoder"]
+    root, bundle, step_file, outcome = with_step_graph(fused_bundle, tmp_path, monkeypatch, step_ms)
     assert outcome["decode_speedup"] == round(10.0 / step_ms, 3)
     if step_ms < 10.0:
         assert outcome["kept"] and bundle.variants["fp32-fused"]["decoder_step"] == "decoder.fp32-fused-step"

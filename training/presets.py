@@ -155,8 +155,9 @@ CPU_GRID_NUMBERS = dataclasses.replace(CPU_GRID, name="cpu-grid-numbers", tokeni
 
 # cpu-grid-numbers with pointing drills (training/pointing_drills.py) before SFT: the box's numbers trained alone,
 # from the global view and the teacher-forced first reply, where SFT left one box for every image. Measured: the
-# held-out box is still at chance after 2,400 drill steps, even its second corner, a copy that the decoder, trained
-# on it alone in text, learned in one run of 3,000 steps and not in another of 4,000 (training/README.md).
+# held-out box is still at chance after 2,400 drill steps, even its second corner. After a text-only copy stage
+# (AdamW reset every 500 steps) the second corner is learned within 300 pointing steps, the first is still at
+# chance after 1,200 (training/README.md).
 CPU_POINT = dataclasses.replace(CPU_GRID_NUMBERS, name="cpu-point", point_warmup_steps=600)
 
 PRESETS = {p.name: p for p in (CPU_DEFAULT, CPU_DRILLS, CPU_VISION, CPU_GRID, CPU_GRID_NUMBERS, CPU_POINT, SMOKE,
