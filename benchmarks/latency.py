@@ -25,7 +25,10 @@ in increasing order, so it is the peak up to that resolution). Per resolution: o
 medians and p10/p90 of per-question ms, split into preprocessing, vision (net of preprocessing), prefill, decode;
 decode ms per token (preprocessing = the backend's `pixel_inputs`: cof_edge.preprocess on ORT, the HF image
 processor on transformers, whose PIL crop-and-resize stays in vision); visual, prefilled and new tokens; zooms; then each question once more on a warm crop cache
-(hits and ms). Writes `latency[-TAG].json` + `latency[-TAG]_ms.png` / `latency[-TAG]_tokens.png` under `--out`.
+(hits and ms). Last, on the ~300M model's int8 graph, `decode_probe.py` (`--probe-rounds`): bandwidth and decode
+measured side by side, its median fraction being the summary's `decode_bound_fraction` (the ratio against the
+bandwidth measured at the start stays as `decode_bound_fraction_unpaired`).
+Writes `latency[-TAG].json` + `latency[-TAG]_ms.png` / `latency[-TAG]_tokens.png` under `--out`.
 The LAST line printed is a one-line JSON summary.
 """
 
@@ -336,6 +339,17 @@ def bench_model(name: str, bundle_dir: Path, hf_dir: Path | None, args, random_w
     }
 
 
+def run_decode_probe(model: dict, variant: str, args) -> dict:
+    """decode_probe.py on the headline model's bundle at its measured mean context, in its own process."""
+    command = [sys.executable, str(Path(__file__).with_name("decode_probe.py")), "--bundle", model["bundle"],
+               "--variant", variant, "--context", str(model["limits_inputs"]["decode_context_tokens"] or 512),
+               "--rounds", str(args.probe_rounds)] + (["--threads", str(args.threads)] if args.threads else [])
+    proc = subprocess.run(command, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if proc.returncode != 0:
+        return {"error": f"decode_probe.py exited with {proc.returncode}: {proc.stdout[-500:]}"}
+    return last_json_line(proc.stdout)
+
+
 def _median_at(model: dict, method: str, res: int, key: str = "ms"):
     entry = model["methods"].get(method, {}).get("resolutions", {}).get(str(res), {})
     value = entry.get(key)
@@ -471,6 +485,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-full-res-tokens", type=int, default=3000,
                         help="skip full_res views of more visual tokens (time grows with their square; "
                              "3840x2160 = 10549 tokens takes ~1 min on the default model here)")
+    parser.add_argument("--probe-rounds", type=int, default=7,
+                        help="rounds of decode_probe.py (bandwidth, then decode, side by side) on the ~300M model's "
+                             "int8 graph, whose median fraction is the headline decode_bound_fraction; 0: none")
     parser.add_argument("--in-process", action="store_true", help="no subprocess per method (memory not isolated)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--tag", default="", help="writes latency-TAG.json instead of latency.json")
@@ -522,6 +539,9 @@ def main(argv: list[str] | None = None) -> dict:
     result["roofline"] = limits_mod.roofline(limits, result)
     derived = limits_mod.derive(result, limits, result["roofline"]["gbs"])
     result["bounds"] = derived
+    unpaired_fraction = limits_mod.headline_decode_fraction(derived, result)
+    if head["model"] == "qwen300m" and args.probe_rounds:
+        result["decode_probe"] = run_decode_probe(models["qwen300m"], head["int8_variant"], args)
     decode_fraction = limits_mod.headline_decode_fraction(derived, result)
     result["seconds"] = round(time.perf_counter() - started, 1)
     name = f"latency{'-' + args.tag if args.tag else ''}"
@@ -535,6 +555,7 @@ def main(argv: list[str] | None = None) -> dict:
         "visual_token_ratio_3840": tokens["ratio"],
         "accuracy_delta_vs_full_res_3840": accuracy["delta"],
         "decode_bound_fraction": decode_fraction,
+        "decode_bound_fraction_unpaired": unpaired_fraction,
         "random_weights": {k: m["random_weights"] for k, m in models.items()},
         "max_new_tokens": {k: m["max_new_tokens"] for k, m in models.items()},
         "weights_match": {k: m["weights_match"] for k, m in models.items()},

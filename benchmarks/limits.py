@@ -10,7 +10,9 @@ Derived for each model of a latency run (its `models[*].limits_inputs`):
   context) / bandwidth (the highest of the read, copy and dot kernels, one core or all, or of the latency run's
   decoders where one streamed faster: `roofline`);
 * vision bound (ms/view) = vision FLOPs of the view / float32 GEMM throughput;
-and the achieved fraction of each: bound_ms / measured_ms (1.0 = at the roofline).
+and the achieved fraction of each: bound_ms / measured_ms (1.0 = at the roofline). The summary's
+`decode_bound_fraction` is the latency run's paired `decode_probe` where it has one (bandwidth and decode measured
+side by side, benchmarks/decode_probe.py), else the headline variant's fraction here.
 Writes `limits.json` under `--out` (default benchmarks/results/). The LAST line printed is a one-line JSON summary.
 """
 
@@ -203,7 +205,11 @@ def derive(latency: dict | None, limits: dict, bandwidth_gbs: float | None = Non
 
 
 def headline_decode_fraction(derived: dict, latency: dict | None) -> float | None:
-    """The decode fraction of the headline model/variant of a latency run (its `headline` entry)."""
+    """The decode fraction of the headline model/variant of a latency run: its paired `decode_probe` (bandwidth
+    and decode measured side by side) where it ran, else its `headline` entry against `derived`'s bandwidth."""
+    probe = (latency or {}).get("decode_probe") or {}
+    if probe.get("fraction"):
+        return probe["fraction"]
     if not latency or not derived:
         return None
     head = latency.get("headline") or {}

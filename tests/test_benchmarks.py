@@ -147,9 +147,21 @@ def test_latency_reuses_the_300m_rows_only_when_asked_and_present(results, bundl
     (tmp_path / "latency.json").write_text(json.dumps(previous))
     args = ["--bundle", bundles["small"], "--model", tiny_models["small"], "--resolutions", 224, "--methods",
             "ort_int8", "transformers", "--questions", 1, "--repeats", 1, "--max-new-tokens", 8, "--threads", 1]
-    summary = run("latency.py", *args, "--reuse-big", "--out", tmp_path)
+    summary = run("latency.py", *args, "--reuse-big", "--probe-rounds", 2, "--out", tmp_path)
     assert summary["models"] == ["default", "qwen300m"] and summary["headline_model"] == "qwen300m"
     data = json.loads((tmp_path / "latency.json").read_text())
+    probe = data["decode_probe"]
+    assert "error" not in probe, probe["error"]   # the headline model's int8 graph, bandwidth and decode side by side
+    assert probe["bundle"] == big["bundle"] and probe["variant"] == summary["int8_variant"]
+    assert probe["context"] == big["limits_inputs"]["decode_context_tokens"] and len(probe["rounds"]) == 2
+    assert summary["decode_bound_fraction"] == probe["fraction"] > 0
+    assert summary["decode_bound_fraction_unpaired"] > 0
+    readme = tmp_path / "README.md"
+    readme.write_text((REPO / "README.md").read_text())
+    run("report.py", "--results", tmp_path, "--readme", readme, "--no-plots")
+    text = readme.read_text()
+    assert f"| decode ≥ 70% of the memory-bandwidth bound | {probe['fraction']:.3f} (paired probe: median of 2" in text
+    assert "| 2 | " in text.split("Decode probe (`decode_probe.py`")[1]   # one row per round
     assert data["models"]["qwen300m"]["methods"] == big["methods"] and "earlier run" in data["models"]["qwen300m"]["reused"]
     assert set(data["models"]["default"]["methods"]) == {"ort_int8", "transformers"}   # rerun, not copied
     empty = tmp_path / "empty"
@@ -157,3 +169,39 @@ def test_latency_reuses_the_300m_rows_only_when_asked_and_present(results, bundl
     proc = subprocess.run([sys.executable, str(BENCH / "latency.py"), *map(str, args), "--reuse-big", "--out", empty],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "no ~300M model rows to reuse" in proc.stderr
+
+
+def test_decode_probe_pairs_each_round_with_its_own_bandwidth(bundles, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import decode_probe
+    import limits
+
+    speeds = iter([10.0, 40.0])
+    monkeypatch.setattr(decode_probe, "measure_bandwidth", lambda mb, repeats: {"bound_gbs": next(speeds)})
+    result = decode_probe.probe(bundles["small"], variant="int8", threads=1, context=40, tokens=4, rounds=2)
+    from cof_edge.bundle import load_bundle
+
+    bundle = load_bundle(bundles["small"])
+    graph = bundle.variant("int8")["decoder"]
+    assert result["decode_graph"] == graph.file
+    assert result["bytes_per_token"] == graph.bytes + limits.kv_bytes(bundle.text, 42)
+    for gbs, entry in zip((10.0, 40.0), result["rounds"]):
+        assert entry["bandwidth_gbs"] == gbs and entry["ms_per_token"] > 0
+        bound_ms = result["bytes_per_token"] / (gbs * 1e9) * 1e3
+        assert entry["bound_ms"] == pytest.approx(bound_ms, rel=1e-3)
+        assert entry["fraction"] == pytest.approx(bound_ms / entry["ms_per_token"], rel=1e-3)
+    assert result["fraction"] == round((result["rounds"][0]["fraction"] + result["rounds"][1]["fraction"]) / 2, 4)
+
+
+def test_the_paired_probe_is_the_headline_decode_fraction(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import limits
+    import report
+
+    latency = {"headline": {"model": "m", "int8_variant": "int8"}}
+    derived = {"m": {"decode": {"int8": {"fraction": 0.4}}}}
+    assert limits.headline_decode_fraction(derived, latency) == 0.4
+    assert report.decode_fraction({**latency, "bounds": derived}, None) == 0.4
+    latency["decode_probe"] = {"fraction": 0.8}
+    assert limits.headline_decode_fraction(derived, latency) == 0.8
+    assert report.decode_fraction({**latency, "bounds": derived}, {"models": derived}) == 0.8
