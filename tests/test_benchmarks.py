@@ -205,3 +205,17 @@ def test_the_paired_probe_is_the_headline_decode_fraction(monkeypatch):
     latency["decode_probe"] = {"fraction": 0.8}
     assert limits.headline_decode_fraction(derived, latency) == 0.8
     assert report.decode_fraction({**latency, "bounds": derived}, {"models": derived}) == 0.8
+
+
+def test_report_takes_the_accuracy_row_from_the_accuracy_results_as_they_are_now(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import report
+
+    stored = {"accuracy_3840": {"source": "accuracy_bundle.json", "method": "cof", "delta": 20.0}}
+    assert report.with_current_accuracy(stored, tmp_path, tmp_path / "latency.json") == stored  # nothing newer
+    (tmp_path / "accuracy_bundle.json").write_text(json.dumps(
+        {"resolutions": [1024, 3840], "methods": {"cof": [30.0, 50.0], "full_res": [40.0, 10.0]}}))
+    assert report.with_current_accuracy(stored, tmp_path, tmp_path / "latency.json")["accuracy_3840"] == \
+        {"source": "accuracy_bundle.json", "method": "cof", "delta": 40.0}
+    tagged = report.with_current_accuracy(stored, tmp_path, tmp_path / "latency-x.json")
+    assert tagged["accuracy_3840"]["delta"] == 40.0   # no accuracy_bundle-x.json: the untagged file
