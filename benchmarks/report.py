@@ -7,7 +7,8 @@ the training's `accuracy.json` (training/evaluate.py) if present; writes the mar
 `<!-- bench:start -->` and `<!-- bench:end -->` in the README (only that section changes; the output depends on the
 JSON alone, so a rerun is byte-identical) and redraws `latency*_ms.png`, `latency*_tokens.png` and
 `accuracy_bundle*.png`. The accuracy target's row reads the accuracy results as they are now, not the delta a
-latency run stored (accuracy.py may run after it). `--check` writes nothing and exits 1 when the README section is stale.
+latency run stored (accuracy.py may run after it). `--check` writes nothing and exits 1 when the README section is
+stale.
 The LAST line printed is a one-line JSON summary.
 """
 
@@ -162,15 +163,11 @@ def decode_probe_section(probe: dict | None) -> list[str]:
 
 
 def decode_fraction(latency: dict, limits: dict | None):
-    probe = latency.get("decode_probe") or {}
-    if probe.get("fraction"):
-        return probe["fraction"]
-    head = latency["headline"]
-    for source in ((limits or {}).get("models"), latency.get("bounds")):
-        entry = (source or {}).get(head["model"], {}).get("decode", {}).get(head["int8_variant"])
-        if entry:
-            return entry["fraction"]
-    return None
+    """The headline decode fraction: the paired probe's, else limits.json's, else the latency run's own."""
+    import limits as limits_mod
+
+    return (limits_mod.headline_decode_fraction((limits or {}).get("models"), latency)
+            or limits_mod.headline_decode_fraction(latency.get("bounds"), latency))
 
 
 def limits_section(limits: dict) -> list[str]:

@@ -160,7 +160,8 @@ def test_latency_reuses_the_300m_rows_only_when_asked_and_present(results, bundl
     readme.write_text((REPO / "README.md").read_text())
     run("report.py", "--results", tmp_path, "--readme", readme, "--no-plots")
     text = readme.read_text()
-    assert f"| decode ≥ 70% of the memory-bandwidth bound | {probe['fraction']:.3f} (paired probe: median of 2" in text
+    row = f"| decode ≥ 70% of the memory-bandwidth bound | {probe['fraction']:.3f} (paired probe: median of 2"
+    assert row in text
     assert "| 2 | " in text.split("Decode probe (`decode_probe.py`")[1]   # one row per round
     assert data["models"]["qwen300m"]["methods"] == big["methods"] and "earlier run" in data["models"]["qwen300m"]["reused"]
     assert set(data["models"]["default"]["methods"]) == {"ort_int8", "transformers"}   # rerun, not copied
