@@ -207,9 +207,9 @@ def build_fused_decoder(model_dir: Path, out: Path, precision: str, layers: int,
         else:
             conformed = Path(work) / f"conformed-{built}.onnx"
             conform(raw, conformed, layers, head_dim)
-            if precision == "int8" and step_out is not None:
-                matmuls_8bit(conformed, step_out, quant)
             if precision == "int8":
+                if step_out is not None:
+                    matmuls_8bit(conformed, step_out, quant)
                 vocab_8bit = Path(work) / "vocab-8bit.onnx"
                 vocab_projection_8bit(conformed, vocab_8bit, quant)
                 conformed = vocab_8bit
