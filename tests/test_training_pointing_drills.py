@@ -13,8 +13,8 @@ from tokenizers import Tokenizer  # noqa: E402
 
 from cof_edge.protocol import TokenLayout  # noqa: E402
 from cof_training.cache import build_cache, read_cache  # noqa: E402
-from cof_training.pointing_drills import (box_scores, first_turn, number_token_ids,  # noqa: E402
-                                          pointing_example)
+from cof_training.pointing_drills import (box_attention, box_scores, copy_example, first_turn,  # noqa: E402
+                                          number_token_ids, pointing_example)
 from cof_training.presets import get_preset  # noqa: E402
 from cof_training.sft import encode_example, image_processor_for  # noqa: E402
 from cof_training.tiny import build_tiny_model  # noqa: E402
@@ -58,15 +58,16 @@ def test_pointing_drills_label_only_the_first_box_numbers(smoke, tokenizer):
 
 def test_box_scores_count_exact_boxes():
     # two drills of 5 positions; labels sit one position after the logits that predict them
-    labels = torch.tensor([[-100, -100, 7, 8, -100], [-100, 7, 7, -100, -100]])
-    predicted = torch.tensor([[0, 7, 8, 0, 0], [7, 3, 0, 0, 0]])    # row 0 right twice; row 1 right once of twice
+    # row 0: two one-token values, both right; row 1: one two-token value, half right
+    labels = torch.tensor([[-100, 7, -100, 8, -100], [-100, 7, 7, -100, -100]])
+    predicted = torch.tensor([[7, 0, 8, 0, 0], [7, 3, 0, 0, 0]])
     logits = torch.nn.functional.one_hot(predicted, 10).float() * 5
 
     def model(**batch):
         return SimpleNamespace(logits=logits, loss=torch.tensor(0.25))
 
     scores = box_scores(model, {"labels": labels})
-    assert scores == {"box_ce": 0.25, "token_accuracy": 0.75, "box_exact": 0.5}
+    assert scores == {"box_ce": 0.25, "token_accuracy": 0.75, "box_exact": 0.5, "value_accuracy": [0.5, 1.0]}
 
 
 def test_pointing_warm_up_lowers_the_box_loss_and_runs_once_per_work_dir(smoke, tmp_path, monkeypatch):
@@ -82,7 +83,100 @@ def test_pointing_warm_up_lowers_the_box_loss_and_runs_once_per_work_dir(smoke, 
     assert report["steps"] == 10 and report["held_out"] == sum(c.record["scene"] == last for c in zooming) > 0
     assert report["trajectories"] == len(zooming) - report["held_out"] > 0
     assert report["held_out_box_ce"] < report["held_out_box_ce_before"], report
+    layers = preset.spec.text_layers
+    assert len(report["held_out_image_mass"]) == len(report["held_out_box_share"]) == layers
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
     monkeypatch.setattr(pointing_drills, "warm_up_pointing", lambda *a, **k: pytest.fail("the warm-up ran twice"))
     assert pointed_init(models["small"], tmp_path / "pointed", cache, preset, progress=False,
                         held_out_scenes=1) == (out, report)
+
+
+@pytest.mark.parametrize("tokenizer", ["small", "small-numbers"])
+def test_copy_drills_are_the_first_reply_alone_labelled_on_the_second_corner(smoke, tokenizer):
+    _, models, cache = smoke
+    layout = TokenLayout(Tokenizer.from_file(str(models[tokenizer] / "tokenizer.json")))
+    numbers = number_token_ids(layout)
+    for traj in [t for t in (c.load() for c in read_cache(cache)) if t.zooms]:
+        example = copy_example(layout, traj, numbers)
+        assert example["input_ids"].tolist() == layout.encode(traj.turns[0]) and "pixel_values" not in example
+        labelled = [t for t in example["labels"].tolist() if t != -100]
+        x2, y2 = _first_box(traj)[2:]
+        assert "".join(layout.tokenizer.decode([t]).strip() for t in labelled) == f"{x2}{y2}"
+
+
+def test_drill_loop_restarts_adamw_every_reset_steps(monkeypatch):
+    from cof_training import drills
+
+    made = []
+    real = torch.optim.AdamW
+    monkeypatch.setattr(torch.optim, "AdamW", lambda *a, **k: made.append(1) or real(*a, **k))
+
+    class Squared(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = torch.nn.Linear(2, 1)
+
+        def forward(self, input):
+            return SimpleNamespace(loss=self.inner(input).pow(2).mean())
+
+    def batch(items):
+        return {"input": torch.ones(len(items), 2)}
+
+    drills.drill_loop(Squared(), batch, [0, 1, 2], steps=5, batch_size=2, lr=1e-2, seed=0, desc="t", progress=False,
+                      reset_every=2)
+    assert len(made) == 3                       # steps 0, 2 and 4
+    made.clear()
+    drills.drill_loop(Squared(), batch, [0, 1, 2], steps=5, batch_size=2, lr=1e-2, seed=0, desc="t", progress=False)
+    assert len(made) == 1
+
+
+def test_copy_warm_up_lowers_the_copy_loss_and_runs_once_per_work_dir(smoke, tmp_path, monkeypatch):
+    from cof_training import pointing_drills
+    from cof_training.train_default import copied_init
+
+    preset, models, cache = smoke
+    preset = dataclasses.replace(preset, copy_warmup_steps=10, point_batch_size=4, lr=3e-3, drill_reset_every=5)
+    out, report = copied_init(models["small"], tmp_path / "copied", cache, preset, progress=False, held_out_scenes=1)
+    assert report["steps"] == 10 and report["reset_every"] == 5 and report["held_out"] > 0
+    assert report["held_out_box_ce"] < report["held_out_box_ce_before"], report
+    assert len(report["held_out_value_accuracy"]) == 2            # x2 and y2
+    monkeypatch.setattr(pointing_drills, "warm_up_copy", lambda *a, **k: pytest.fail("the warm-up ran twice"))
+    assert copied_init(models["small"], tmp_path / "copied", cache, preset, progress=False,
+                       held_out_scenes=1) == (out, report)
+
+
+def test_box_attention_reports_image_mass_and_the_share_inside_the_box(smoke):
+    preset, models, cache = smoke
+    layout = TokenLayout(Tokenizer.from_file(str(models["small-numbers"] / "tokenizer.json")))
+    numbers = number_token_ids(layout)
+    traj = next(t for t in (c.load() for c in read_cache(cache)) if t.zooms)
+    example = pointing_example(layout, image_processor_for(models["small-numbers"]), traj, numbers)
+    x1, y1, x2, y2 = _first_box(traj)
+    image_token = layout.special.image_pad
+    image = (example["input_ids"] == image_token).nonzero().flatten()
+    cols = int(example["image_grid_thw"][0, 2]) // 2
+    inside = [image[i] for i in range(len(image)) if x1 <= 28 * (i % cols) + 14 < x2 and y1 <= 28 * (i // cols) + 14 < y2]
+    assert inside
+    writer = int((example["labels"] != -100).nonzero()[0]) - 1        # the position that predicts x1
+    n = len(example["input_ids"])
+    looks_inside, looks_at_text = torch.zeros(1, 2, n, n), torch.zeros(1, 2, n, n)
+    looks_inside[0, :, writer, inside] = 1 / len(inside)
+    looks_at_text[0, :, writer, 0] = 1.0
+    switched = []
+
+    class Stub:
+        config = SimpleNamespace(vision_config=SimpleNamespace(spatial_merge_size=2), image_token_id=image_token,
+                                 _attn_implementation="sdpa")
+
+        def set_attn_implementation(self, name):
+            switched.append(name)
+
+        def __call__(self, **batch):
+            assert batch["output_attentions"]
+            return SimpleNamespace(attentions=(looks_inside, looks_at_text))
+
+    model = Stub()
+    report = box_attention(model, layout, [example])
+    assert report["image_mass"] == [1.0, 0.0] and report["box_share"] == [1.0, 0.0]
+    assert report["uniform_box_share"] == round(len(inside) / len(image), 3)
+    assert switched == ["eager", "sdpa"]

@@ -137,7 +137,7 @@ def test_killed_run_resumes_step_and_optimizer(tmp_path):
                                  for k, s in optimizer.state_dict()["state"].items()}
 
     main(["--preset", "smoke", "--out", str(out), "--work-dir", str(work), "--resume", "--max-steps", str(step + 1),
-          "--save-steps", "2", "--no-progress"], extra_callbacks=[Probe()])
+          "--save-steps", "2", "--no-progress", "--set", "logging_steps=3"], extra_callbacks=[Probe()])
     assert seen["step"] == step
     assert seen["optim"].keys() == saved["state"].keys() and saved["state"]
     for k, s in saved["state"].items():
@@ -145,7 +145,21 @@ def test_killed_run_resumes_step_and_optimizer(tmp_path):
             assert torch.equal(torch.as_tensor(seen["optim"][k][name]), torch.as_tensor(value)), (k, name)
     import json
 
-    assert json.loads((out / "RECIPE.json").read_text())["steps"] == step + 1
+    recipe = json.loads((out / "RECIPE.json").read_text())
+    assert recipe["steps"] == step + 1 and recipe["config"]["logging_steps"] == 3     # --set reached the preset
+
+
+def test_preset_overrides_from_the_command_line_are_typed_and_checked():
+    from cof_training.presets import parse_overrides
+
+    assert parse_overrides(["copy_warmup_steps=3000", "lr=1e-3", "lora=true", "quantization=none",
+                            "tokenizer=small-numbers"]) == {"copy_warmup_steps": 3000, "lr": 0.001, "lora": True,
+                                                            "quantization": None, "tokenizer": "small-numbers"}
+    for bad, message in [("copy_warmup_steps", "FIELD=VALUE"), ("no_such_field=1", "FIELD=VALUE"),
+                         ("lora=maybe", "true or false"), ("resolutions=224", "cannot be set"),
+                         ("max_steps=many", "invalid literal")]:
+        with pytest.raises(ValueError, match=message):
+            parse_overrides([bad])
 
 
 def test_drills_label_only_the_lookups_and_carry_no_image(smoke):

@@ -12,7 +12,7 @@ from cof_edge.data.vsearch import SYMBOLS, Tag
 from cof_edge.geometry import View
 from cof_training.presets import get_preset
 from cof_training.tiny import build_tiny_model
-from cof_training.vision_drills import COLOURS, IGNORE, NONE_COLOUR, NONE_SYMBOL, tag_map
+from cof_training.vision_drills import COLOURS, IGNORE, NONE_COLOUR, NONE_SYMBOL, grid_positions, tag_map
 from cof_training.vision_drills import warm_up_vision as real_warm_up
 
 
@@ -51,3 +51,29 @@ def test_vision_warm_up_trains_the_tower_only_and_runs_once_per_work_dir(tmp_pat
     assert (out / "tokenizer.json").is_file()
     monkeypatch.setattr(vision_drills, "warm_up_vision", lambda *a, **k: pytest.fail("the warm-up ran twice"))
     assert vision_drilled_init(model_dir, tmp_path / "vision", preset, progress=False) == (out, report)
+
+
+def test_grid_positions_follow_the_towers_raster_order():
+    row, col = grid_positions(Image.new("RGB", (112, 84)))              # 4 columns x 3 rows of merged tokens
+    assert row.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    assert col.tolist() == [0, 1, 2, 3] * 3
+    with pytest.raises(ValueError, match="position heads"):
+        grid_positions(Image.new("RGB", (28 * 33, 28)))
+
+
+def test_vision_warm_up_with_position_heads_learns_rows_and_columns(tmp_path):
+    from cof_training.sft import image_processor_for
+
+    preset = dataclasses.replace(get_preset("smoke"), lr=3e-3)
+    model_dir = build_tiny_model(tmp_path / "model", tokenizer="small", spec=preset.spec, seed=0)
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir)
+    report = real_warm_up(model, image_processor_for(model_dir), preset, 30, batch_size=4, lr=3e-3, scenes=3,
+                          held_out_scenes=1, position_weight=1.0, progress=False)
+    assert report["position_weight"] == 1.0
+    assert report["held_out_position_ce"] < report["held_out_position_ce_before"] - 0.5, report
+    assert 0.0 <= report["held_out_tag_position_after"] <= 1.0
+    plain = real_warm_up(model, image_processor_for(model_dir), preset, 1, batch_size=4, scenes=3, held_out_scenes=1,
+                         progress=False)
+    assert "held_out_position_ce" not in plain

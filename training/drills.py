@@ -57,16 +57,18 @@ def lookup_loss(model, batch: dict) -> float:
 
 
 def drill_loop(model, batch, train: list, steps: int, batch_size: int, lr: float, seed: int, desc: str,
-               progress: bool = True) -> None:
+               progress: bool = True, reset_every: int = 0) -> None:
     """The drills' training loop: AdamW on `batch(loaders)` of `batch_size` loaders sampled from `train` (seeded
-    `seed` + 1), `steps` times; the running loss on the progress bar."""
+    `seed` + 1), `steps` times; the running loss on the progress bar. `reset_every` > 0 starts a fresh AdamW every
+    that many steps: its moments reset, which is what took the box copy off its plateau (training/README.md)."""
     from tqdm.auto import tqdm
 
     rng = random.Random(seed + 1)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     model.train()
     bar, running = tqdm(range(steps), desc=desc, disable=not progress), None
     for step in bar:
+        if step == 0 or (reset_every and step % reset_every == 0):
+            optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
         loss = model(**batch(rng.sample(train, min(batch_size, len(train))))).loss
         loss.backward()
         optimizer.step()

@@ -7,6 +7,9 @@ the box's number tokens to the one visual token whose colour the `<think>` text 
 row or column: the cross-modal analogue of the retrieval drills' text lookup, and like it, its gradient is spread
 over every other reply token in SFT. A drill is the trajectory's global view, question and first reply (teacher
 forced: the colour is named, the call written up to its box), labelled on the box's number tokens only.
+
+Copy drills are the first reply alone, as text, labelled on the second corner: the text-only stage that lets the
+pointing drills learn that corner. `box_attention` says where the position that writes the box looks.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import time
 
 import torch
 
+from cof_edge.geometry import FACTOR
 from cof_edge.protocol import TokenLayout
 
 from .drills import drill_loop
@@ -45,6 +49,29 @@ def box_positions(layout: TokenLayout, ids: list[int], labels: list[int], number
     return out
 
 
+def box_values(positions: list[int]) -> list[list[int]]:
+    """`box_positions` grouped into the box's values: a value's number tokens are adjacent, a separator splits them."""
+    values: list[list[int]] = []
+    for position in positions:
+        if values and position == values[-1][-1] + 1:
+            values[-1].append(position)
+        else:
+            values.append([position])
+    return values
+
+
+def copy_example(layout: TokenLayout, traj: Trajectory, numbers: frozenset[int]) -> dict:
+    """Text only: the first reply of a zooming trajectory alone, labels on its box's second corner. The teacher
+    writes that corner as the first plus the box's side, so it is a copy from the text, learned before pointing."""
+    ids = layout.encode(traj.turns[0])
+    labels = [-100] * len(ids)
+    for value in box_values(box_positions(layout, ids, ids, numbers))[2:]:
+        for position in value:
+            labels[position] = ids[position]
+    return {"input_ids": torch.tensor(ids, dtype=torch.long), "labels": torch.tensor(labels, dtype=torch.long),
+            "position_ids": torch.arange(len(ids)).expand(3, -1).clone()}
+
+
 def first_turn(traj: Trajectory) -> Trajectory:
     """The trajectory up to its first reply: the global view only."""
     return dataclasses.replace(traj, turns=traj.turns[:1], views=traj.views[:1], images=traj.images[:1],
@@ -66,7 +93,8 @@ def pointing_example(layout: TokenLayout, image_processor, traj: Trajectory, num
 
 def box_scores(model, batch: dict) -> dict:
     """Teacher-forced scores of a drill batch: the box tokens' cross-entropy, the share of them predicted exactly
-    (argmax), and the share of drills whose whole box is."""
+    (argmax), the share of drills whose whole box is, and per labelled value in order (x1, y1, x2, y2 for a
+    pointing drill; x2, y2 for a copy drill) the share of drills that have it right."""
     with torch.no_grad():
         out = model(**batch)
     predicted = out.logits[:, :-1].argmax(-1)
@@ -74,29 +102,89 @@ def box_scores(model, batch: dict) -> dict:
     labelled = target != -100
     right = (predicted == target) & labelled
     whole = (right.sum(1) == labelled.sum(1)) & labelled.any(1)
-    return {"box_ce": float(out.loss), "token_accuracy": float(right.sum() / labelled.sum().clamp(min=1)),
-            "box_exact": float(whole.sum() / labelled.any(1).sum().clamp(min=1))}
+    values_right = [[bool(right[row, value].all()) for value in box_values(labelled[row].nonzero().flatten().tolist())]
+                    for row in range(target.shape[0])]
+    width = max((len(v) for v in values_right), default=0)
+    per_value = [[v[i] for v in values_right if len(v) > i] for i in range(width)]
+    return {"box_ce": round(float(out.loss), 3),
+            "token_accuracy": round(float(right.sum() / labelled.sum().clamp(min=1)), 3),
+            "box_exact": round(float(whole.sum() / labelled.any(1).sum().clamp(min=1)), 3),
+            "value_accuracy": [round(sum(v) / len(v), 3) for v in per_value]}
+
+
+def box_attention(model, layout: TokenLayout, examples: list[dict]) -> dict:
+    """Where the position that writes the box's first value looks, over teacher-forced pointing drills: per decoder
+    layer, the attention mass its heads put on the image's tokens (mean over heads), and the largest share of one
+    head's image mass that falls on the tokens inside the teacher's box (`uniform_box_share` if spread evenly). A
+    box can only be read from the image if some head both looks at it and looks inside the box."""
+    merge = model.config.vision_config.spatial_merge_size
+    previous = model.config._attn_implementation or "sdpa"
+    model.set_attn_implementation("eager")         # attention weights are returned by the eager kernel only
+    pad, image_mass, box_share, uniform = CoFCollator(layout.special.end_of_text), [], [], []
+    try:
+        for example in examples:
+            with torch.no_grad():
+                attentions = model(**pad([example]), output_attentions=True).attentions
+            ids, labelled = example["input_ids"], (example["labels"] != -100).nonzero().flatten().tolist()
+            values = box_values(labelled)
+            x1, y1, x2, y2 = (int("".join(layout.tokenizer.decode([int(ids[i])]).strip() for i in v)) for v in values)
+            image = (ids == model.config.image_token_id).nonzero().flatten()
+            cols = int(example["image_grid_thw"][0, 2]) // merge
+            centres = [((i % cols + 0.5) * FACTOR, (i // cols + 0.5) * FACTOR) for i in range(len(image))]
+            inside = torch.tensor([x1 <= cx < x2 and y1 <= cy < y2 for cx, cy in centres])
+            uniform.append(float(inside.float().mean()))
+            on_image = [a[0, :, values[0][0] - 1, image] for a in attentions]    # [heads, image tokens] per layer
+            image_mass.append([float(a.sum(-1).mean()) for a in on_image])
+            box_share.append([float((a[:, inside].sum(-1) / a.sum(-1).clamp(min=1e-9)).max()) for a in on_image])
+    finally:
+        model.set_attn_implementation(previous)
+    return {"image_mass": [round(sum(v) / len(v), 3) for v in zip(*image_mass)],
+            "box_share": [round(sum(v) / len(v), 3) for v in zip(*box_share)],
+            "uniform_box_share": round(sum(uniform) / len(uniform), 3)}
+
+
+def _box_drills(model, example, desc: str, train: list, held: list, steps: int, batch_size: int, lr: float,
+                pad_id: int, seed: int, reset_every: int, progress: bool, diagnose=None) -> dict:
+    """`drill_loop` on `example(trajectory)` batches; the held-out box scores (and `diagnose(model, held examples)`)
+    before and after, and the wall time."""
+    if not train or not held:
+        raise ValueError(f"{desc} need zooming trajectories to train on and to hold out; got {len(train)} and "
+                         f"{len(held)}")
+    pad = CoFCollator(pad_id)
+
+    def batch(loaders):
+        return pad([example(load()) for load in loaders])
+
+    def scores() -> dict:
+        return {**box_scores(model.eval(), held_batch), **(diagnose(model, held_examples) if diagnose else {})}
+
+    held_examples, t0 = [example(load()) for load in held], time.time()
+    held_batch = pad(held_examples)
+    before = scores()
+    drill_loop(model, batch, train, steps, batch_size, lr, seed, desc, progress, reset_every=reset_every)
+    after = scores()
+    return {"steps": steps, "batch_size": batch_size, "lr": lr, "reset_every": reset_every,
+            "trajectories": len(train), "held_out": len(held),
+            **{f"held_out_{k}_before": v for k, v in before.items()}, **{f"held_out_{k}": v for k, v in after.items()},
+            "wall_time_s": round(time.time() - t0, 1)}
+
+
+def warm_up_copy(model, layout: TokenLayout, train: list, held: list, steps: int, batch_size: int, lr: float,
+                 seed: int = 0, reset_every: int = 0, progress: bool = True) -> dict:
+    """Train `model` on copy drills (`copy_example`); `train` and `held` as for `warm_up_pointing`."""
+    numbers = number_token_ids(layout)
+    return _box_drills(model, lambda traj: copy_example(layout, traj, numbers), "copy drills", train, held, steps,
+                       batch_size, lr, layout.special.end_of_text, seed, reset_every, progress)
 
 
 def warm_up_pointing(model, layout: TokenLayout, image_processor, train: list, held: list, steps: int,
                      batch_size: int, lr: float, system_prompt: str | None = None, seed: int = 0,
-                     progress: bool = True) -> dict:
+                     reset_every: int = 0, progress: bool = True) -> dict:
     """Train `model` (tower and decoder) on pointing drills. `train` and `held`: zero-argument loaders
     (`CachedTrajectory.load`) of zooming trajectories, of different scenes (a scene's tags are where they are at
-    every resolution and in every question). Returns the held-out box scores before and after, and the wall time."""
-    numbers, pad = number_token_ids(layout), CoFCollator(layout.special.end_of_text)
-    if not train or not held:
-        raise ValueError(f"pointing drills need zooming trajectories to train on and to hold out; "
-                         f"got {len(train)} and {len(held)}")
-
-    def batch(loaders):
-        return pad([pointing_example(layout, image_processor, load(), numbers, system_prompt) for load in loaders])
-
-    held_batch, t0 = batch(held), time.time()
-    before = box_scores(model.eval(), held_batch)
-    drill_loop(model, batch, train, steps, batch_size, lr, seed, "pointing drills", progress)
-    after = box_scores(model.eval(), held_batch)
-    return {"steps": steps, "batch_size": batch_size, "lr": lr, "trajectories": len(train), "held_out": len(held),
-            **{f"held_out_{k}_before": round(v, 3) for k, v in before.items()},
-            **{f"held_out_{k}": round(v, 3) for k, v in after.items()},
-            "wall_time_s": round(time.time() - t0, 1)}
+    every resolution and in every question). Returns the held-out box scores and `box_attention` before and after,
+    and the wall time."""
+    numbers = number_token_ids(layout)
+    return _box_drills(model, lambda traj: pointing_example(layout, image_processor, traj, numbers, system_prompt),
+                       "pointing drills", train, held, steps, batch_size, lr, layout.special.end_of_text, seed,
+                       reset_every, progress, diagnose=lambda m, examples: box_attention(m, layout, examples[:16]))

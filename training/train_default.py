@@ -5,7 +5,8 @@
 Steps: build the random init (small tokenizer, `preset.spec`) → pre-render the vsearch trajectory cache (unless
 `--cache` points at one, possibly still growing) → `preset.vision_warmup_steps` of vision drills
 (training/vision_drills.py) → `preset.drill_warmup_steps` of retrieval drills (training/drills.py) →
-`preset.point_warmup_steps` of pointing drills (training/pointing_drills.py); each stage once per work dir
+`preset.copy_warmup_steps` of box copy drills → `preset.point_warmup_steps` of pointing drills (both
+training/pointing_drills.py); each stage once per work dir
 (`--warm-up-only` stops after them) → TRL SFTTrainer (training/sft.py) with checkpoints every
 `save_steps` (weights, optimizer, scheduler, RNG, step) under `--work-dir/checkpoints` → `--resume` continues from
 the latest. Each checkpoint is also exported to `--out` as a plain HF directory (weights, tokenizer, image processor)
@@ -84,7 +85,7 @@ def vision_drilled_init(init: Path, out: Path, preset, progress: bool = True) ->
 
     return warmed_init(init, out, "vision_warmup", lambda model, src: warm_up_vision(
         model, image_processor_for(src), preset, preset.vision_warmup_steps, scenes=preset.vision_drill_scenes,
-        lr=preset.lr, seed=preset.seed, progress=progress))
+        lr=preset.lr, seed=preset.seed, position_weight=preset.vision_position_weight, progress=progress))
 
 
 def drilled_init(init: Path, out: Path, cache: Path, preset, progress: bool = True) -> tuple[Path, dict]:
@@ -104,27 +105,51 @@ def drilled_init(init: Path, out: Path, cache: Path, preset, progress: bool = Tr
     return warmed_init(init, out, "drill_warmup", train)
 
 
+def zooming_split(cache: Path, held_out_scenes: int, held_out: int) -> tuple[list, list]:
+    """Loaders of the cache's zooming trajectories: (train, held out); up to `held_out` of the last
+    `held_out_scenes` scenes are held out (a scene's tags are where they are in all its trajectories)."""
+    from .cache import read_cache
+
+    zooming = [c for c in read_cache(cache) if len(c.record["turns"]) > 1]
+    held_scenes = set(sorted({c.record["scene"] for c in zooming})[-held_out_scenes:])
+    held = [c.load for c in zooming if c.record["scene"] in held_scenes][:held_out]
+    return [c.load for c in zooming if c.record["scene"] not in held_scenes], held
+
+
+def copied_init(init: Path, out: Path, cache: Path, preset, progress: bool = True, held_out_scenes: int = 10,
+                held_out: int = 64) -> tuple[Path, dict]:
+    """Stage 3 (pointing_drills.warm_up_copy): the box's second corner from its first, text only."""
+    from tokenizers import Tokenizer
+
+    from cof_edge.protocol import TokenLayout
+
+    from .pointing_drills import warm_up_copy
+
+    def train(model, src):
+        layout = TokenLayout(Tokenizer.from_file(str(src / "tokenizer.json")))
+        return warm_up_copy(model, layout, *zooming_split(cache, held_out_scenes, held_out), preset.copy_warmup_steps,
+                            preset.point_batch_size, preset.lr, seed=preset.seed, reset_every=preset.drill_reset_every,
+                            progress=progress)
+
+    return warmed_init(init, out, "copy_warmup", train)
+
+
 def pointed_init(init: Path, out: Path, cache: Path, preset, progress: bool = True, held_out_scenes: int = 10,
                  held_out: int = 64) -> tuple[Path, dict]:
-    """Stage 3 (training/pointing_drills.py): the box of each zooming trajectory's first reply, from its global view;
+    """Stage 4 (training/pointing_drills.py): the box of each zooming trajectory's first reply, from its global view;
     up to `held_out` drills of the cache's last `held_out_scenes` scenes held out."""
     from tokenizers import Tokenizer
 
     from cof_edge.protocol import TokenLayout
 
-    from .cache import read_cache
     from .pointing_drills import warm_up_pointing
     from .sft import image_processor_for
 
     def train(model, src):
         layout = TokenLayout(Tokenizer.from_file(str(src / "tokenizer.json")))
-        zooming = [c for c in read_cache(cache) if len(c.record["turns"]) > 1]
-        scenes = sorted({c.record["scene"] for c in zooming})
-        held_scenes = set(scenes[-held_out_scenes:])
-        held = [c.load for c in zooming if c.record["scene"] in held_scenes][:held_out]
-        train = [c.load for c in zooming if c.record["scene"] not in held_scenes]
-        return warm_up_pointing(model, layout, image_processor_for(src), train, held, preset.point_warmup_steps,
-                                preset.point_batch_size, preset.lr, preset.budgets.system_prompt, seed=preset.seed,
+        return warm_up_pointing(model, layout, image_processor_for(src), *zooming_split(cache, held_out_scenes, held_out),
+                                preset.point_warmup_steps, preset.point_batch_size, preset.lr,
+                                preset.budgets.system_prompt, seed=preset.seed, reset_every=preset.drill_reset_every,
                                 progress=progress)
 
     return warmed_init(init, out, "point_warmup", train)
@@ -145,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--time-budget-min", type=float, default=None,
                    help="cosine LR over this much wall-clock time (resumes included), then stop and export")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a preset field, e.g. --set copy_warmup_steps=3000 (repeatable; kept in RECIPE.json)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--warm-up-only", action="store_true", help="run the pre-SFT stages (drills) and stop")
     p.add_argument("--background", action="store_true", help="detach: run in a new session, log to WORK_DIR/train.log")
@@ -167,6 +194,9 @@ def _detach(args, argv) -> int:
 
 def main(argv=None, extra_callbacks=()) -> int:
     args = build_parser().parse_args(argv)
+    from .presets import parse_overrides
+
+    field_overrides = parse_overrides(args.set)    # a wrong --set fails here, not in a detached run's log
     if args.background:
         return _detach(args, argv)
     import torch
@@ -185,7 +215,7 @@ def main(argv=None, extra_callbacks=()) -> int:
                                        batch_size=args.batch_size, lr=args.lr, threads=args.threads,
                                        base_model=str(args.init) if args.init else None).items()
                  if v is not None}
-    preset = get_preset(args.preset, **overrides)
+    preset = get_preset(args.preset, **{**overrides, **field_overrides})
     torch.set_num_threads(preset.threads)
     seed_everything(preset.seed)
     work = args.work_dir or Path("training/runs") / preset.name
@@ -202,11 +232,13 @@ def main(argv=None, extra_callbacks=()) -> int:
     cache = args.cache or work / "cache"
     if not read_cache(cache):
         build_cache(preset, cache, 0, preset.scenes, progress=not args.no_progress)
-    warm_up_report = vision_report = point_report = None
+    warm_up_report = vision_report = copy_report = point_report = None
     if preset.vision_warmup_steps:  # each stage once per work dir; a resumed run finds it
         init, vision_report = vision_drilled_init(init, work / "init-vision", preset, progress=not args.no_progress)
     if preset.drill_warmup_steps:
         init, warm_up_report = drilled_init(init, work / "init-drilled", cache, preset, progress=not args.no_progress)
+    if preset.copy_warmup_steps:
+        init, copy_report = copied_init(init, work / "init-copied", cache, preset, progress=not args.no_progress)
     if preset.point_warmup_steps:
         init, point_report = pointed_init(init, work / "init-pointed", cache, preset, progress=not args.no_progress)
     if args.warm_up_only:
@@ -247,6 +279,7 @@ def main(argv=None, extra_callbacks=()) -> int:
             "trajectory": {"box_min_side": preset.box_min_side, "two_zoom_below": preset.two_zoom_below},
             "vision_warmup": vision_report,
             "drill_warmup": warm_up_report,
+            "copy_warmup": copy_report,
             "point_warmup": point_report,
             "params": n_params,
             "seeds": {"init": preset.seed, "train": preset.seed, "data": preset.data_seed},

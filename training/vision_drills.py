@@ -7,6 +7,11 @@ held-out scenes (training/README.md). A drill is one view, exactly as the runtim
 training resolution, or the teacher's crop around a tag, jittered), labelled per merged token with the colour and
 the symbol of the tag there, or "none". Two linear heads on the tower's output (the embeddings the language model
 reads) are trained with it and then dropped: the tower is left with colour and symbol as linear features.
+
+With `position_weight` > 0 two more heads predict each merged token's row and column in its view. A box's first
+corner is a token's grid position written as a number, and the decoder reads an attended token's value, which RoPE
+leaves without position: the pointing drills learn the copied second corner but leave the first at chance
+(training/README.md). These heads put the position into the embeddings the decoder attends to.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from .trajectories import view_box
 
 COLOURS = tuple(TAG_COLOURS)
 NONE_COLOUR, NONE_SYMBOL, IGNORE = len(COLOURS), len(SYMBOLS), -100
+MAX_GRID = 32  # rows or columns of merged tokens in one view: 16 x 9 for the largest global view, 12 x 12 crops
 
 
 @dataclass
@@ -84,22 +90,43 @@ def scene_tag_maps(preset, index: int, rng: random.Random) -> list[TagMap]:
     return out
 
 
-def _batch(maps: list[TagMap], image_processor) -> dict:
+def grid_positions(image) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column of each merged token of a view (raster order, as the tower emits them)."""
+    cols, rows = image.size[0] // FACTOR, image.size[1] // FACTOR
+    if max(rows, cols) > MAX_GRID:
+        raise ValueError(f"a {image.size} view has {rows} x {cols} merged tokens; the position heads know {MAX_GRID}")
+    row, col = np.divmod(np.arange(rows * cols), cols)
+    return row, col
+
+
+def _batch(maps: list[TagMap], image_processor, position: bool = False) -> dict:
     out = image_processor(images=[m.image for m in maps], do_resize=False, return_tensors="pt")
-    return {"pixel_values": out["pixel_values"], "grid": out["image_grid_thw"],
-            "colour": torch.from_numpy(np.concatenate([m.colour for m in maps])),
-            "symbol": torch.from_numpy(np.concatenate([m.symbol for m in maps]))}
+    batch = {"pixel_values": out["pixel_values"], "grid": out["image_grid_thw"],
+             "colour": torch.from_numpy(np.concatenate([m.colour for m in maps])),
+             "symbol": torch.from_numpy(np.concatenate([m.symbol for m in maps]))}
+    if position:
+        rows, cols = zip(*(grid_positions(m.image) for m in maps))
+        batch["row"], batch["col"] = torch.from_numpy(np.concatenate(rows)), torch.from_numpy(np.concatenate(cols))
+    return batch
 
 
 class TagHeads(torch.nn.Module):
-    def __init__(self, hidden: int):
+    """Linear heads on the tower's output: colour and symbol, and with `position` the token's row and column."""
+
+    def __init__(self, hidden: int, position: bool = False):
         super().__init__()
         self.colour = torch.nn.Linear(hidden, NONE_COLOUR + 1)
         self.symbol = torch.nn.Linear(hidden, NONE_SYMBOL + 1)
+        self.row = torch.nn.Linear(hidden, MAX_GRID) if position else None
+        self.col = torch.nn.Linear(hidden, MAX_GRID) if position else None
 
-    def losses(self, embeds: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    def losses(self, embeds: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
         ce = torch.nn.functional.cross_entropy
-        return ce(self.colour(embeds), batch["colour"]), ce(self.symbol(embeds), batch["symbol"], ignore_index=IGNORE)
+        out = {"colour": ce(self.colour(embeds), batch["colour"]),
+               "symbol": ce(self.symbol(embeds), batch["symbol"], ignore_index=IGNORE)}
+        if self.row is not None:
+            out["row"], out["col"] = ce(self.row(embeds), batch["row"]), ce(self.col(embeds), batch["col"])
+        return out
 
 
 def image_embeddings(model, batch: dict) -> torch.Tensor:
@@ -108,25 +135,32 @@ def image_embeddings(model, batch: dict) -> torch.Tensor:
 
 
 def held_out_scores(model, heads: TagHeads, batch: dict, maps: list[TagMap]) -> dict:
-    """One forward over the held-out views: the colour and symbol cross-entropies, and the colour retrieval (the
-    share of tags whose colour scores highest on one of the tag's own tokens)."""
+    """One forward over the held-out views: the heads' cross-entropies, the colour retrieval (the share of tags whose
+    colour scores highest on one of the tag's own tokens) and, with position heads, the share of tag tokens whose
+    row and column are both predicted exactly."""
     with torch.no_grad():
         embeds = image_embeddings(model, batch)
-        colour_ce, symbol_ce = heads.losses(embeds, batch)
+        out = {f"{name}_ce": float(loss) for name, loss in heads.losses(embeds, batch).items()}
         scores = heads.colour(embeds).split([len(m.colour) for m in maps])
+        if heads.row is not None:
+            on_tag = batch["colour"] != NONE_COLOUR
+            placed = (heads.row(embeds).argmax(-1) == batch["row"]) & (heads.col(embeds).argmax(-1) == batch["col"])
+            out["tag_position"] = float(placed[on_tag].float().mean())
     hits = total = 0
     for view_scores, m in zip(scores, maps):
         for k in set(m.colour.tolist()) - {NONE_COLOUR}:
             total += 1
             hits += int(m.colour[int(view_scores[:, k].argmax())] == k)
-    return {"retrieval": hits / max(total, 1), "colour_ce": float(colour_ce), "symbol_ce": float(symbol_ce)}
+    return {"retrieval": hits / max(total, 1), **out}
 
 
 def warm_up_vision(model, image_processor, preset, steps: int, batch_size: int = 16, lr: float = 2e-3,
-                   scenes: int = 300, held_out_scenes: int = 20, seed: int = 0, progress: bool = True) -> dict:
-    """Train `model`'s vision tower on tag maps of `scenes` training scenes (rendered once, up front).
+                   scenes: int = 300, held_out_scenes: int = 20, seed: int = 0, position_weight: float = 0.0,
+                   progress: bool = True) -> dict:
+    """Train `model`'s vision tower on tag maps of `scenes` training scenes (rendered once, up front); with
+    `position_weight` > 0 the row and column heads' losses join, scaled by it.
 
-    Returns the held-out colour retrieval and losses before and after, and the wall time.
+    Returns the held-out colour retrieval (and tag position) and losses before and after, and the wall time.
     """
     from tqdm.auto import tqdm
 
@@ -136,8 +170,9 @@ def warm_up_vision(model, image_processor, preset, steps: int, batch_size: int =
         maps.extend((index, m) for m in scene_tag_maps(preset, index, rng))
     held = [m for i, m in maps if i >= scenes]
     train = [m for i, m in maps if i < scenes]
-    held_batch = _batch(held, image_processor)
-    heads = TagHeads(model.config.text_config.hidden_size)
+    position = position_weight > 0
+    held_batch = _batch(held, image_processor, position)
+    heads = TagHeads(model.config.text_config.hidden_size, position=position)
     params = list(model.model.visual.parameters()) + list(heads.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 50) * 0.5 *
@@ -146,20 +181,25 @@ def warm_up_vision(model, image_processor, preset, steps: int, batch_size: int =
     model.train()
     bar, running = tqdm(range(steps), desc="vision drills", disable=not progress), None
     for step in bar:
-        batch = _batch(rng.sample(train, min(batch_size, len(train))), image_processor)
-        colour_loss, symbol_loss = heads.losses(image_embeddings(model, batch), batch)
-        (colour_loss + symbol_loss).backward()
+        batch = _batch(rng.sample(train, min(batch_size, len(train))), image_processor, position)
+        losses = heads.losses(image_embeddings(model, batch), batch)
+        sum(loss * (position_weight if name in ("row", "col") else 1.0) for name, loss in losses.items()).backward()
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
-        losses = (colour_loss.item(), symbol_loss.item())
-        running = losses if running is None else tuple(0.95 * r + 0.05 * v for r, v in zip(running, losses))
+        values = {name: loss.item() for name, loss in losses.items()}
+        running = values if running is None else {k: 0.95 * running[k] + 0.05 * v for k, v in values.items()}
         if step % 20 == 0:
-            bar.set_postfix(colour_ce=f"{running[0]:.3f}", symbol_ce=f"{running[1]:.3f}")
+            bar.set_postfix({f"{k}_ce": f"{v:.3f}" for k, v in running.items()})
     after = held_out_scores(model.eval(), heads, held_batch, held)
-    return {"steps": steps, "batch_size": batch_size, "lr": lr, "scenes": scenes, "views": len(train),
-            "held_out_views": len(held), "held_out_colour_retrieval_before": round(before["retrieval"], 3),
-            "held_out_colour_retrieval_after": round(after["retrieval"], 3),
-            "held_out_colour_ce_before": round(before["colour_ce"], 3),
-            "held_out_colour_ce": round(after["colour_ce"], 3), "held_out_symbol_ce": round(after["symbol_ce"], 3),
-            "wall_time_s": round(time.time() - t0, 1)}
+    report = {"steps": steps, "batch_size": batch_size, "lr": lr, "scenes": scenes, "views": len(train),
+              "held_out_views": len(held), "held_out_colour_retrieval_before": round(before["retrieval"], 3),
+              "held_out_colour_retrieval_after": round(after["retrieval"], 3),
+              "held_out_colour_ce_before": round(before["colour_ce"], 3),
+              "held_out_colour_ce": round(after["colour_ce"], 3), "held_out_symbol_ce": round(after["symbol_ce"], 3)}
+    if heads.row is not None:
+        report.update(position_weight=position_weight, held_out_tag_position_before=round(before["tag_position"], 3),
+                      held_out_tag_position_after=round(after["tag_position"], 3),
+                      held_out_position_ce_before=round(before["row_ce"] + before["col_ce"], 3),
+                      held_out_position_ce=round(after["row_ce"] + after["col_ce"], 3))
+    return {**report, "wall_time_s": round(time.time() - t0, 1)}
