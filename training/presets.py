@@ -185,7 +185,7 @@ def parse_overrides(pairs: list[str]) -> dict:
                 raise ValueError(f"{name} is true or false, got {text!r}")
             out[name] = text.lower() in ("true", "1")
         elif isinstance(default, (int, float)):
-            out[name] = float(text) if isinstance(default, float) else int(text)
+            out[name] = type(default)(text)
         elif default is None or isinstance(default, str):
             out[name] = None if text.lower() == "none" else text
         else:
