@@ -13,8 +13,9 @@ from tokenizers import Tokenizer  # noqa: E402
 
 from cof_edge.protocol import TokenLayout  # noqa: E402
 from cof_training.cache import build_cache, read_cache  # noqa: E402
-from cof_training.pointing_drills import (box_attention, box_scores, copy_example, first_turn,  # noqa: E402
-                                          number_token_ids, pointing_example)
+from cof_training.pointing_drills import (box_attention, box_attention_loss, box_scores, copy_example,  # noqa: E402
+                                          first_turn, number_token_ids, pointing_example)
+from cof_training.sft import CoFCollator  # noqa: E402
 from cof_training.presets import get_preset  # noqa: E402
 from cof_training.sft import encode_example, image_processor_for  # noqa: E402
 from cof_training.tiny import build_tiny_model  # noqa: E402
@@ -70,14 +71,29 @@ def test_box_scores_count_exact_boxes():
     assert scores == {"box_ce": 0.25, "token_accuracy": 0.75, "box_exact": 0.5, "value_accuracy": [0.5, 1.0]}
 
 
+def test_box_scores_read_values_within_one_visual_token():
+    # token id t reads "t0"; row 0: 70 right, 90 for 80 (near); row 1: "7030" for "7070" (40 px off: far)
+    labels = torch.tensor([[-100, 7, -100, 8, -100], [-100, 7, 7, -100, -100]])
+    predicted = torch.tensor([[7, 0, 9, 0, 0], [7, 3, 0, 0, 0]])
+    logits = torch.nn.functional.one_hot(predicted, 10).float() * 5
+    layout = SimpleNamespace(tokenizer=SimpleNamespace(decode=lambda ids: f"{ids[0]}0"))
+
+    def model(**batch):
+        return SimpleNamespace(logits=logits, loss=torch.tensor(0.25))
+
+    scores = box_scores(model, {"labels": labels}, layout)
+    assert scores["value_accuracy"] == [0.5, 0.0] and scores["value_within_token"] == [0.5, 1.0]
+
+
 def test_pointing_warm_up_lowers_the_box_loss_and_runs_once_per_work_dir(smoke, tmp_path, monkeypatch):
     from cof_training import pointing_drills
     from cof_training.train_default import pointed_init
 
     preset, models, cache = smoke
-    preset = dataclasses.replace(preset, point_warmup_steps=10, point_batch_size=4, lr=3e-3)
+    preset = dataclasses.replace(preset, point_warmup_steps=10, point_batch_size=4, lr=3e-3, point_attention_weight=0.5)
     out, report = pointed_init(models["small"], tmp_path / "pointed", cache, preset, progress=False,
                                held_out_scenes=1)
+    assert report["attention_weight"] == 0.5
     zooming = [c for c in read_cache(cache) if len(c.record["turns"]) > 1]
     last = max(c.record["scene"] for c in zooming)
     assert report["steps"] == 10 and report["held_out"] == sum(c.record["scene"] == last for c in zooming) > 0
@@ -145,7 +161,9 @@ def test_copy_warm_up_lowers_the_copy_loss_and_runs_once_per_work_dir(smoke, tmp
                        held_out_scenes=1) == (out, report)
 
 
-def test_box_attention_reports_image_mass_and_the_share_inside_the_box(smoke):
+def _attention_stubs(smoke):
+    """A pointing drill, and attentions of two layers from the position that writes x1: one inside the box, one on
+    the first (text) token."""
     preset, models, cache = smoke
     layout = TokenLayout(Tokenizer.from_file(str(models["small-numbers"] / "tokenizer.json")))
     numbers = number_token_ids(layout)
@@ -162,11 +180,33 @@ def test_box_attention_reports_image_mass_and_the_share_inside_the_box(smoke):
     looks_inside, looks_at_text = torch.zeros(1, 2, n, n), torch.zeros(1, 2, n, n)
     looks_inside[0, :, writer, inside] = 1 / len(inside)
     looks_at_text[0, :, writer, 0] = 1.0
+    config = SimpleNamespace(vision_config=SimpleNamespace(spatial_merge_size=2), image_token_id=image_token,
+                             _attn_implementation="sdpa")
+    return layout, example, image, inside, config, looks_inside, looks_at_text
+
+
+def test_box_attention_loss_is_low_only_when_the_writer_looks_inside_the_box(smoke):
+    layout, example, _, _, config, looks_inside, looks_at_text = _attention_stubs(smoke)
+    batch = CoFCollator(layout.special.end_of_text)([example])
+    model = SimpleNamespace(config=config)
+    labelled = (example["labels"] != -100).nonzero().flatten().tolist()
+    writers = [position - 1 for position in labelled]      # every value's writer looks where x1's does
+    looks_inside[0, :, writers] = looks_inside[0, :, writers[:1]]
+    looks_at_text[0, :, writers] = looks_at_text[0, :, writers[:1]]
+    attentions = (looks_at_text, looks_inside)
+    assert float(box_attention_loss(model, layout, batch, attentions, layers=[1])) == pytest.approx(0.0, abs=1e-5)
+    assert float(box_attention_loss(model, layout, batch, attentions, layers=[0])) == pytest.approx(13.8155, abs=1e-3)
+    assert float(box_attention_loss(model, layout, batch, attentions, layers=[0, 1], head=1)) == pytest.approx(
+        13.8155 / 2, abs=1e-3)
+
+
+def test_box_attention_reports_image_mass_and_the_share_inside_the_box(smoke):
+    layout, example, image, inside, config, looks_inside, looks_at_text = _attention_stubs(smoke)
     switched = []
 
     class Stub:
-        config = SimpleNamespace(vision_config=SimpleNamespace(spatial_merge_size=2), image_token_id=image_token,
-                                 _attn_implementation="sdpa")
+        def __init__(self):
+            self.config = config
 
         def set_attn_implementation(self, name):
             switched.append(name)
@@ -180,3 +220,22 @@ def test_box_attention_reports_image_mass_and_the_share_inside_the_box(smoke):
     assert report["image_mass"] == [1.0, 0.0] and report["box_share"] == [1.0, 0.0]
     assert report["uniform_box_share"] == round(len(inside) / len(image), 3)
     assert switched == ["eager", "sdpa"]
+
+
+@pytest.mark.parametrize("weight", [0.0, 5.0])
+def test_supervised_attention_moves_the_writers_heads_onto_the_box(smoke, weight):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from cof_training.pointing_drills import warm_up_pointing
+    from cof_training.train_default import zooming_split
+
+    preset, models, cache = smoke
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(models["small"], dtype=torch.float32)
+    layout = TokenLayout(Tokenizer.from_file(str(models["small"] / "tokenizer.json")))
+    report = warm_up_pointing(model, layout, image_processor_for(models["small"]), *zooming_split(cache, 1, 64),
+                              steps=15, batch_size=4, lr=3e-3, attention_weight=weight, progress=False)
+    supervised = range(1, preset.spec.text_layers)                    # head 0 of every layer but the first
+    before, after = report["held_out_box_share_before"], report["held_out_box_share"]
+    moved = sum(after[i] for i in supervised) > 5 * sum(before[i] for i in supervised)
+    assert moved == (weight > 0), report
+    assert model.config._attn_implementation == "sdpa"

@@ -57,10 +57,11 @@ def lookup_loss(model, batch: dict) -> float:
 
 
 def drill_loop(model, batch, train: list, steps: int, batch_size: int, lr: float, seed: int, desc: str,
-               progress: bool = True, reset_every: int = 0) -> None:
+               progress: bool = True, reset_every: int = 0, loss=None) -> None:
     """The drills' training loop: AdamW on `batch(loaders)` of `batch_size` loaders sampled from `train` (seeded
     `seed` + 1), `steps` times; the running loss on the progress bar. `reset_every` > 0 starts a fresh AdamW every
-    that many steps: its moments reset, which is what took the box copy off its plateau (training/README.md)."""
+    that many steps: its moments reset, which is what took the box copy off its plateau (training/README.md).
+    `loss(model, batch)` replaces the model's own loss."""
     from tqdm.auto import tqdm
 
     rng = random.Random(seed + 1)
@@ -69,11 +70,12 @@ def drill_loop(model, batch, train: list, steps: int, batch_size: int, lr: float
     for step in bar:
         if step == 0 or (reset_every and step % reset_every == 0):
             optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-        loss = model(**batch(rng.sample(train, min(batch_size, len(train))))).loss
-        loss.backward()
+        drills = batch(rng.sample(train, min(batch_size, len(train))))
+        objective = loss(model, drills) if loss else model(**drills).loss
+        objective.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        value = loss.item()
+        value = objective.item()
         running = value if running is None else 0.95 * running + 0.05 * value
         if step % 20 == 0:
             bar.set_postfix(loss=f"{running:.3f}")

@@ -9,11 +9,14 @@ over every other reply token in SFT. A drill is the trajectory's global view, qu
 forced: the colour is named, the call written up to its box), labelled on the box's number tokens only.
 
 Copy drills are the first reply alone, as text, labelled on the second corner: the text-only stage that lets the
-pointing drills learn that corner. `box_attention` says where the position that writes the box looks.
+pointing drills learn that corner. `box_attention` says where the position that writes the box looks;
+`box_attention_loss` trains it to look inside the box (supervised attention): unlike the box loss's, its gradient
+onto the box's keys does not shrink with the attention the box already gets.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 
@@ -91,10 +94,11 @@ def pointing_example(layout: TokenLayout, image_processor, traj: Trajectory, num
     return example
 
 
-def box_scores(model, batch: dict) -> dict:
+def box_scores(model, batch: dict, layout: TokenLayout | None = None) -> dict:
     """Teacher-forced scores of a drill batch: the box tokens' cross-entropy, the share of them predicted exactly
     (argmax), the share of drills whose whole box is, and per labelled value in order (x1, y1, x2, y2 for a
-    pointing drill; x2, y2 for a copy drill) the share of drills that have it right."""
+    pointing drill; x2, y2 for a copy drill) the share of drills that have it right. With `layout`, also per value
+    the share within one visual token (`FACTOR` px) of the teacher's, the predicted tokens read as a number."""
     with torch.no_grad():
         out = model(**batch)
     predicted = out.logits[:, :-1].argmax(-1)
@@ -102,14 +106,57 @@ def box_scores(model, batch: dict) -> dict:
     labelled = target != -100
     right = (predicted == target) & labelled
     whole = (right.sum(1) == labelled.sum(1)) & labelled.any(1)
-    values_right = [[bool(right[row, value].all()) for value in box_values(labelled[row].nonzero().flatten().tolist())]
-                    for row in range(target.shape[0])]
-    width = max((len(v) for v in values_right), default=0)
-    per_value = [[v[i] for v in values_right if len(v) > i] for i in range(width)]
-    return {"box_ce": round(float(out.loss), 3),
-            "token_accuracy": round(float(right.sum() / labelled.sum().clamp(min=1)), 3),
-            "box_exact": round(float(whole.sum() / labelled.any(1).sum().clamp(min=1)), 3),
-            "value_accuracy": [round(sum(v) / len(v), 3) for v in per_value]}
+    rows = [box_values(labelled[row].nonzero().flatten().tolist()) for row in range(target.shape[0])]
+    scores = {"box_ce": round(float(out.loss), 3),
+              "token_accuracy": round(float(right.sum() / labelled.sum().clamp(min=1)), 3),
+              "box_exact": round(float(whole.sum() / labelled.any(1).sum().clamp(min=1)), 3),
+              "value_accuracy": _per_value([[bool(right[row, value].all()) for value in values]
+                                            for row, values in enumerate(rows)])}
+    if layout is not None:
+        def number(tokens) -> int | None:
+            text = "".join(layout.tokenizer.decode([int(t)]).strip() for t in tokens)
+            return int(text) if text.isdigit() else None
+
+        near = [[(guess := number(predicted[row, value])) is not None
+                 and abs(guess - number(target[row, value])) <= FACTOR for value in values]
+                for row, values in enumerate(rows)]
+        scores["value_within_token"] = _per_value(near)
+    return scores
+
+
+def _per_value(rows: list[list[bool]]) -> list[float]:
+    """Per value index, the share of rows (that have that value) where it is true."""
+    width = max((len(r) for r in rows), default=0)
+    per_value = [[r[i] for r in rows if len(r) > i] for i in range(width)]
+    return [round(sum(v) / len(v), 3) for v in per_value]
+
+
+def box_targets(model, layout: TokenLayout, batch: dict, row: int = 0) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+    """Row `row` of a (padded) pointing batch: the positions that write each box value's first token, the positions
+    of the image's tokens, and which of those lie inside the teacher's box (merged token centre in the box)."""
+    ids, labels = batch["input_ids"][row], batch["labels"][row]
+    values = box_values((labels != -100).nonzero().flatten().tolist())
+    x1, y1, x2, y2 = (int("".join(layout.tokenizer.decode([int(ids[i])]).strip() for i in v)) for v in values)
+    image = (ids == model.config.image_token_id).nonzero().flatten()
+    cols = int(batch["image_grid_thw"][row, 2]) // model.config.vision_config.spatial_merge_size
+    centres = [((i % cols + 0.5) * FACTOR, (i // cols + 0.5) * FACTOR) for i in range(len(image))]
+    inside = torch.tensor([x1 <= cx < x2 and y1 <= cy < y2 for cx, cy in centres], dtype=torch.bool)
+    return [value[0] - 1 for value in values], image, inside
+
+
+def box_attention_loss(model, layout: TokenLayout, batch: dict, attentions, layers, head: int = 0) -> torch.Tensor:
+    """Supervised attention: the mean over drills, box values and `layers` of −log(the mass that head `head` puts on
+    the box's image tokens from the position that writes the value). `attentions`: the model's, per layer
+    [batch, heads, query, key]."""
+    terms = []
+    for row in range(batch["input_ids"].shape[0]):
+        writers, image, inside = box_targets(model, layout, batch, row)
+        if inside.any():
+            terms += [-torch.log(attentions[layer][row, head][writers][:, image[inside]].sum(-1) + 1e-6).mean()
+                      for layer in layers]
+    if not terms:
+        raise ValueError("no drill in the batch has image tokens inside its box")
+    return torch.stack(terms).mean()
 
 
 def box_attention(model, layout: TokenLayout, examples: list[dict]) -> dict:
@@ -117,51 +164,52 @@ def box_attention(model, layout: TokenLayout, examples: list[dict]) -> dict:
     layer, the attention mass its heads put on the image's tokens (mean over heads), and the largest share of one
     head's image mass that falls on the tokens inside the teacher's box (`uniform_box_share` if spread evenly). A
     box can only be read from the image if some head both looks at it and looks inside the box."""
-    merge = model.config.vision_config.spatial_merge_size
-    previous = model.config._attn_implementation or "sdpa"
-    model.set_attn_implementation("eager")         # attention weights are returned by the eager kernel only
     pad, image_mass, box_share, uniform = CoFCollator(layout.special.end_of_text), [], [], []
-    try:
+    with eager_attention(model), torch.no_grad():
         for example in examples:
-            with torch.no_grad():
-                attentions = model(**pad([example]), output_attentions=True).attentions
-            ids, labelled = example["input_ids"], (example["labels"] != -100).nonzero().flatten().tolist()
-            values = box_values(labelled)
-            x1, y1, x2, y2 = (int("".join(layout.tokenizer.decode([int(ids[i])]).strip() for i in v)) for v in values)
-            image = (ids == model.config.image_token_id).nonzero().flatten()
-            cols = int(example["image_grid_thw"][0, 2]) // merge
-            centres = [((i % cols + 0.5) * FACTOR, (i // cols + 0.5) * FACTOR) for i in range(len(image))]
-            inside = torch.tensor([x1 <= cx < x2 and y1 <= cy < y2 for cx, cy in centres])
+            batch = pad([example])
+            attentions = model(**batch, output_attentions=True).attentions
+            writers, image, inside = box_targets(model, layout, batch)
             uniform.append(float(inside.float().mean()))
-            on_image = [a[0, :, values[0][0] - 1, image] for a in attentions]    # [heads, image tokens] per layer
+            on_image = [a[0, :, writers[0], image] for a in attentions]    # [heads, image tokens] per layer
             image_mass.append([float(a.sum(-1).mean()) for a in on_image])
             box_share.append([float((a[:, inside].sum(-1) / a.sum(-1).clamp(min=1e-9)).max()) for a in on_image])
-    finally:
-        model.set_attn_implementation(previous)
     return {"image_mass": [round(sum(v) / len(v), 3) for v in zip(*image_mass)],
             "box_share": [round(sum(v) / len(v), 3) for v in zip(*box_share)],
             "uniform_box_share": round(sum(uniform) / len(uniform), 3)}
 
 
-def _box_drills(model, example, desc: str, train: list, held: list, steps: int, batch_size: int, lr: float,
-                pad_id: int, seed: int, reset_every: int, progress: bool, diagnose=None) -> dict:
-    """`drill_loop` on `example(trajectory)` batches; the held-out box scores (and `diagnose(model, held examples)`)
-    before and after, and the wall time."""
+@contextlib.contextmanager
+def eager_attention(model):
+    """The eager attention kernel while inside: the only one that returns attention weights."""
+    previous = model.config._attn_implementation or "sdpa"
+    model.set_attn_implementation("eager")
+    try:
+        yield model
+    finally:
+        model.set_attn_implementation(previous)
+
+
+def _box_drills(model, layout: TokenLayout, example, desc: str, train: list, held: list, steps: int,
+                batch_size: int, lr: float, seed: int, reset_every: int, progress: bool, diagnose=None,
+                loss=None) -> dict:
+    """`drill_loop` on `example(trajectory)` batches (with `loss`, if given); the held-out box scores (and
+    `diagnose(model, held examples)`) before and after, and the wall time."""
     if not train or not held:
         raise ValueError(f"{desc} need zooming trajectories to train on and to hold out; got {len(train)} and "
                          f"{len(held)}")
-    pad = CoFCollator(pad_id)
+    pad = CoFCollator(layout.special.end_of_text)
 
     def batch(loaders):
         return pad([example(load()) for load in loaders])
 
     def scores() -> dict:
-        return {**box_scores(model.eval(), held_batch), **(diagnose(model, held_examples) if diagnose else {})}
+        return {**box_scores(model.eval(), held_batch, layout), **(diagnose(model, held_examples) if diagnose else {})}
 
     held_examples, t0 = [example(load()) for load in held], time.time()
     held_batch = pad(held_examples)
     before = scores()
-    drill_loop(model, batch, train, steps, batch_size, lr, seed, desc, progress, reset_every=reset_every)
+    drill_loop(model, batch, train, steps, batch_size, lr, seed, desc, progress, reset_every=reset_every, loss=loss)
     after = scores()
     return {"steps": steps, "batch_size": batch_size, "lr": lr, "reset_every": reset_every,
             "trajectories": len(train), "held_out": len(held),
@@ -173,18 +221,29 @@ def warm_up_copy(model, layout: TokenLayout, train: list, held: list, steps: int
                  seed: int = 0, reset_every: int = 0, progress: bool = True) -> dict:
     """Train `model` on copy drills (`copy_example`); `train` and `held` as for `warm_up_pointing`."""
     numbers = number_token_ids(layout)
-    return _box_drills(model, lambda traj: copy_example(layout, traj, numbers), "copy drills", train, held, steps,
-                       batch_size, lr, layout.special.end_of_text, seed, reset_every, progress)
+    return _box_drills(model, layout, lambda traj: copy_example(layout, traj, numbers), "copy drills", train, held,
+                       steps, batch_size, lr, seed, reset_every, progress)
 
 
 def warm_up_pointing(model, layout: TokenLayout, image_processor, train: list, held: list, steps: int,
                      batch_size: int, lr: float, system_prompt: str | None = None, seed: int = 0,
-                     reset_every: int = 0, progress: bool = True) -> dict:
+                     reset_every: int = 0, attention_weight: float = 0.0, progress: bool = True) -> dict:
     """Train `model` (tower and decoder) on pointing drills. `train` and `held`: zero-argument loaders
     (`CachedTrajectory.load`) of zooming trajectories, of different scenes (a scene's tags are where they are at
-    every resolution and in every question). Returns the held-out box scores and `box_attention` before and after,
-    and the wall time."""
+    every resolution and in every question). `attention_weight` > 0 adds `box_attention_loss` (head 0 of every
+    decoder layer but the first) times it, run with eager attention. Returns the held-out box scores and
+    `box_attention` before and after, the wall time and the attention weight."""
     numbers = number_token_ids(layout)
-    return _box_drills(model, lambda traj: pointing_example(layout, image_processor, traj, numbers, system_prompt),
-                       "pointing drills", train, held, steps, batch_size, lr, layout.special.end_of_text, seed,
-                       reset_every, progress, diagnose=lambda m, examples: box_attention(m, layout, examples[:16]))
+    layers = range(1, model.config.text_config.num_hidden_layers)
+
+    def supervised(model, batch):
+        out = model(**batch, output_attentions=True)
+        return out.loss + attention_weight * box_attention_loss(model, layout, batch, out.attentions, layers)
+
+    with eager_attention(model) if attention_weight else contextlib.nullcontext():
+        report = _box_drills(model, layout,
+                             lambda traj: pointing_example(layout, image_processor, traj, numbers, system_prompt),
+                             "pointing drills", train, held, steps, batch_size, lr, seed, reset_every, progress,
+                             diagnose=lambda m, examples: box_attention(m, layout, examples[:16]),
+                             loss=supervised if attention_weight else None)
+    return {**report, "attention_weight": attention_weight}

@@ -62,6 +62,7 @@ class Preset:
     copy_warmup_steps: int = 0           # text-only box copy steps after the retrieval drills (pointing_drills.py)
     point_warmup_steps: int = 0          # pointing-drill steps after them (pointing_drills.py)
     drill_reset_every: int = 0           # > 0: copy and pointing drills restart AdamW every this many steps
+    point_attention_weight: float = 0.0  # > 0: pointing drills also train attention onto the box (pointing_drills.py)
     point_batch_size: int = 16
     # optimisation
     lora: bool = False

@@ -150,7 +150,7 @@ def pointed_init(init: Path, out: Path, cache: Path, preset, progress: bool = Tr
         return warm_up_pointing(model, layout, image_processor_for(src), *zooming_split(cache, held_out_scenes, held_out),
                                 preset.point_warmup_steps, preset.point_batch_size, preset.lr,
                                 preset.budgets.system_prompt, seed=preset.seed, reset_every=preset.drill_reset_every,
-                                progress=progress)
+                                attention_weight=preset.point_attention_weight, progress=progress)
 
     return warmed_init(init, out, "point_warmup", train)
 
