@@ -63,6 +63,12 @@ def box_values(positions: list[int]) -> list[list[int]]:
     return values
 
 
+def value_number(layout: TokenLayout, tokens) -> int | None:
+    """A box value's number tokens read as the number they spell; None if they do not spell one."""
+    text = "".join(layout.tokenizer.decode([int(token)]).strip() for token in tokens)
+    return int(text) if text.isdigit() else None
+
+
 def copy_example(layout: TokenLayout, traj: Trajectory, numbers: frozenset[int]) -> dict:
     """Text only: the first reply of a zooming trajectory alone, labels on its box's second corner. The teacher
     writes that corner as the first plus the box's side, so it is a copy from the text, learned before pointing."""
@@ -113,12 +119,8 @@ def box_scores(model, batch: dict, layout: TokenLayout | None = None) -> dict:
               "value_accuracy": _per_value([[bool(right[row, value].all()) for value in values]
                                             for row, values in enumerate(rows)])}
     if layout is not None:
-        def number(tokens) -> int | None:
-            text = "".join(layout.tokenizer.decode([int(t)]).strip() for t in tokens)
-            return int(text) if text.isdigit() else None
-
-        near = [[(guess := number(predicted[row, value])) is not None
-                 and abs(guess - number(target[row, value])) <= FACTOR for value in values]
+        near = [[(guess := value_number(layout, predicted[row, value])) is not None
+                 and abs(guess - value_number(layout, target[row, value])) <= FACTOR for value in values]
                 for row, values in enumerate(rows)]
         scores["value_within_token"] = _per_value(near)
     return scores
@@ -136,7 +138,7 @@ def box_targets(model, layout: TokenLayout, batch: dict, row: int = 0) -> tuple[
     of the image's tokens, and which of those lie inside the teacher's box (merged token centre in the box)."""
     ids, labels = batch["input_ids"][row], batch["labels"][row]
     values = box_values((labels != -100).nonzero().flatten().tolist())
-    x1, y1, x2, y2 = (int("".join(layout.tokenizer.decode([int(ids[i])]).strip() for i in v)) for v in values)
+    x1, y1, x2, y2 = (value_number(layout, ids[value]) for value in values)
     image = (ids == model.config.image_token_id).nonzero().flatten()
     cols = int(batch["image_grid_thw"][row, 2]) // model.config.vision_config.spatial_merge_size
     centres = [((i % cols + 0.5) * FACTOR, (i // cols + 0.5) * FACTOR) for i in range(len(image))]

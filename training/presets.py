@@ -163,9 +163,11 @@ CPU_GRID_NUMBERS = dataclasses.replace(CPU_GRID, name="cpu-grid-numbers", tokeni
 # (AdamW reset every 500 steps) the second corner is learned within 300 pointing steps, the first is still at
 # chance after 1,200 (training/README.md).
 CPU_POINT = dataclasses.replace(CPU_GRID_NUMBERS, name="cpu-point", point_warmup_steps=600)
-# The copy stage (`copy_warmup_steps`, `drill_reset_every`) and the tower's position heads (`vision_position_weight`)
-# are off in every preset: with them the probes still leave the box's first corner at chance, because the position
-# that writes it does not look inside the box (training/README.md). Set them with `train_default --set FIELD=VALUE`.
+# The copy stage (`copy_warmup_steps`, `drill_reset_every`), the tower's position heads (`vision_position_weight`)
+# and supervised attention (`point_attention_weight`) are off in every preset. Without supervised attention the
+# position that writes the box's first corner does not look inside the box; with it, from a fresh decoder, the box's
+# first row is read but its first column lags and whole boxes stay under 30% (training/README.md). Set them with
+# `train_default --set FIELD=VALUE`.
 
 PRESETS = {p.name: p for p in (CPU_DEFAULT, CPU_DRILLS, CPU_VISION, CPU_GRID, CPU_GRID_NUMBERS, CPU_POINT, SMOKE,
                                GPU_3B, GPU_7B)}
