@@ -107,6 +107,31 @@ def test_pointing_warm_up_lowers_the_box_loss_and_runs_once_per_work_dir(smoke, 
                         held_out_scenes=1) == (out, report)
 
 
+def test_point_first_runs_on_the_fresh_decoder_before_the_text_stages(smoke, tmp_path, monkeypatch):
+    import cof_training.train_default as train_default
+    from cof_training import pointing_drills
+
+    _, _, cache = smoke
+    work, stages, pointing_steps = tmp_path / "work", [], []
+
+    def recording_warmed_init(init, out, stage, train):
+        stages.append((stage, init.name))
+        if stage.startswith("point"):
+            train(None, work / "init")
+        out.mkdir(parents=True, exist_ok=True)
+        return out, {"stage": stage}
+
+    monkeypatch.setattr(train_default, "warmed_init", recording_warmed_init)
+    monkeypatch.setattr(pointing_drills, "warm_up_pointing",
+                        lambda model, layout, processor, train, held, steps, *a, **k: pointing_steps.append(steps))
+    assert train_default.main(["--preset", "smoke", "--work-dir", str(work), "--cache", str(cache), "--warm-up-only",
+                               "--no-progress", "--set", "point_first_steps=5", "--set", "drill_warmup_steps=3",
+                               "--set", "point_warmup_steps=7"]) == 0
+    assert stages == [("point_first", "init"), ("drill_warmup", "init-pointed-first"),
+                      ("point_warmup", "init-drilled")]
+    assert pointing_steps == [5, 7]
+
+
 @pytest.mark.parametrize("tokenizer", ["small", "small-numbers"])
 def test_copy_drills_are_the_first_reply_alone_labelled_on_the_second_corner(smoke, tokenizer):
     _, models, cache = smoke

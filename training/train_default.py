@@ -4,7 +4,8 @@
 
 Steps: build the random init (small tokenizer, `preset.spec`) → pre-render the vsearch trajectory cache (unless
 `--cache` points at one, possibly still growing) → `preset.vision_warmup_steps` of vision drills
-(training/vision_drills.py) → `preset.drill_warmup_steps` of retrieval drills (training/drills.py) →
+(training/vision_drills.py) → `preset.point_first_steps` of pointing drills on the fresh decoder →
+`preset.drill_warmup_steps` of retrieval drills (training/drills.py) →
 `preset.copy_warmup_steps` of box copy drills → `preset.point_warmup_steps` of pointing drills (both
 training/pointing_drills.py); each stage once per work dir
 (`--warm-up-only` stops after them) → TRL SFTTrainer (training/sft.py) with checkpoints every
@@ -135,9 +136,10 @@ def copied_init(init: Path, out: Path, cache: Path, preset, progress: bool = Tru
 
 
 def pointed_init(init: Path, out: Path, cache: Path, preset, progress: bool = True, held_out_scenes: int = 10,
-                 held_out: int = 64) -> tuple[Path, dict]:
+                 held_out: int = 64, steps: int | None = None, stage: str = "point_warmup") -> tuple[Path, dict]:
     """Stage 4 (training/pointing_drills.py): the box of each zooming trajectory's first reply, from its global view;
-    up to `held_out` drills of the cache's last `held_out_scenes` scenes held out."""
+    up to `held_out` drills of the cache's last `held_out_scenes` scenes held out. `steps` (default
+    `preset.point_warmup_steps`) and `stage` (the report's name) let the same drills run before the text stages."""
     from tokenizers import Tokenizer
 
     from cof_edge.protocol import TokenLayout
@@ -148,11 +150,11 @@ def pointed_init(init: Path, out: Path, cache: Path, preset, progress: bool = Tr
     def train(model, src):
         layout = TokenLayout(Tokenizer.from_file(str(src / "tokenizer.json")))
         return warm_up_pointing(model, layout, image_processor_for(src), *zooming_split(cache, held_out_scenes, held_out),
-                                preset.point_warmup_steps, preset.point_batch_size, preset.lr,
+                                steps or preset.point_warmup_steps, preset.point_batch_size, preset.lr,
                                 preset.budgets.system_prompt, seed=preset.seed, reset_every=preset.drill_reset_every,
                                 attention_weight=preset.point_attention_weight, progress=progress)
 
-    return warmed_init(init, out, "point_warmup", train)
+    return warmed_init(init, out, stage, train)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -232,9 +234,13 @@ def main(argv=None, extra_callbacks=()) -> int:
     cache = args.cache or work / "cache"
     if not read_cache(cache):
         build_cache(preset, cache, 0, preset.scenes, progress=not args.no_progress)
-    warm_up_report = vision_report = copy_report = point_report = None
+    warm_up_report = vision_report = copy_report = point_report = point_first_report = None
     if preset.vision_warmup_steps:  # each stage once per work dir; a resumed run finds it
         init, vision_report = vision_drilled_init(init, work / "init-vision", preset, progress=not args.no_progress)
+    if preset.point_first_steps:  # a fresh decoder attends to the image; one trained on text first does not
+        init, point_first_report = pointed_init(init, work / "init-pointed-first", cache, preset,
+                                                progress=not args.no_progress, steps=preset.point_first_steps,
+                                                stage="point_first")
     if preset.drill_warmup_steps:
         init, warm_up_report = drilled_init(init, work / "init-drilled", cache, preset, progress=not args.no_progress)
     if preset.copy_warmup_steps:
@@ -280,6 +286,7 @@ def main(argv=None, extra_callbacks=()) -> int:
             "vision_warmup": vision_report,
             "drill_warmup": warm_up_report,
             "copy_warmup": copy_report,
+            "point_first": point_first_report,
             "point_warmup": point_report,
             "params": n_params,
             "seeds": {"init": preset.seed, "train": preset.seed, "data": preset.data_seed},
