@@ -20,6 +20,20 @@ def tiny_models(tmp_path_factory):
     return {name: build_tiny_model(root / name, tokenizer=name, seed=0) for name in ("qwen", "small")}
 
 
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """The smoke preset, a tiny model of its spec per small tokenizer, and a 3-scene trajectory cache."""
+    from cof_training.cache import build_cache
+    from cof_training.presets import get_preset
+    from cof_training.tiny import build_tiny_model
+
+    root = tmp_path_factory.mktemp("smoke_run")
+    preset = get_preset("smoke")
+    models = {name: build_tiny_model(root / name, tokenizer=name, spec=preset.spec, seed=0)
+              for name in ("small", "small-numbers")}
+    return preset, models, build_cache(preset, root / "cache", 0, 3, progress=False)
+
+
 BUNDLE_PRECISIONS = {"small": ("fp32", "int8", "int4", "fp16"), "qwen": ("fp32", "int8")}
 
 

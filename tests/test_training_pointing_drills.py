@@ -12,22 +12,16 @@ torch = pytest.importorskip("torch")
 from tokenizers import Tokenizer  # noqa: E402
 
 from cof_edge.protocol import TokenLayout  # noqa: E402
-from cof_training.cache import build_cache, read_cache  # noqa: E402
+from cof_training.cache import read_cache  # noqa: E402
 from cof_training.pointing_drills import (box_attention, box_attention_loss, box_scores, copy_example,  # noqa: E402
                                           first_turn, number_token_ids, pointing_example)
 from cof_training.sft import CoFCollator  # noqa: E402
-from cof_training.presets import get_preset  # noqa: E402
 from cof_training.sft import encode_example, image_processor_for  # noqa: E402
-from cof_training.tiny import build_tiny_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    root = tmp_path_factory.mktemp("point")
-    preset = get_preset("smoke")
-    models = {name: build_tiny_model(root / name, tokenizer=name, spec=preset.spec, seed=0)
-              for name in ("small", "small-numbers")}
-    return preset, models, build_cache(preset, root / "cache", 0, 3, progress=False)
+def smoke(smoke_run):
+    return smoke_run
 
 
 def _first_box(traj) -> list[int]:
