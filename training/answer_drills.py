@@ -67,13 +67,10 @@ def answer_scores(model, layout: TokenLayout, image_processor, trajectories: lis
     for suffix, group in (("", trajectories), ("_shuffled_crops", shuffled)):
         right = [0, 0]
         for traj in group:
-            example = encode_example(layout, image_processor, traj, system_prompt=system_prompt)
-            ids = example["input_ids"]
-            symbol, letter = answer_targets(layout, ids.tolist(), traj.turns[-1])
-            batch = pad([example])
-            batch.pop("labels")
+            batch = pad([answer_example(layout, image_processor, traj, system_prompt)])
+            ids, labelled = batch["input_ids"][0], (batch.pop("labels")[0] != -100).nonzero().flatten()
             predicted = model(**batch).logits[0].argmax(-1)
-            right[0] += int(predicted[symbol[0] - 1] == ids[symbol[0]])
-            right[1] += int(predicted[letter - 1] == ids[letter])
+            for i, position in enumerate((labelled[0], labelled[-1])):    # the symbol's first token, the letter
+                right[i] += int(predicted[position - 1] == ids[position])
         scores[f"symbol{suffix}"], scores[f"letter{suffix}"] = (round(r / len(group), 3) for r in right)
     return scores

@@ -150,8 +150,8 @@ def pointed_init(init: Path, out: Path, cache: Path, preset, progress: bool = Tr
     def train(model, src):
         layout = TokenLayout(Tokenizer.from_file(str(src / "tokenizer.json")))
         return warm_up_pointing(model, layout, image_processor_for(src), *zooming_split(cache, held_out_scenes, held_out),
-                                steps or preset.point_warmup_steps, preset.point_batch_size, preset.lr,
-                                preset.budgets.system_prompt, seed=preset.seed, reset_every=preset.drill_reset_every,
+                                preset.point_warmup_steps if steps is None else steps, preset.point_batch_size,
+                                preset.lr, preset.budgets.system_prompt, seed=preset.seed, reset_every=preset.drill_reset_every,
                                 attention_weight=preset.point_attention_weight, progress=progress)
 
     return warmed_init(init, out, stage, train)
