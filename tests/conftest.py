@@ -34,6 +34,17 @@ def smoke_run(tmp_path_factory):
     return preset, models, build_cache(preset, root / "cache", 0, 3, progress=False)
 
 
+@pytest.fixture(scope="session")
+def smoke_zooming(smoke_run):
+    """`smoke_run`'s preset and models, and its cache's zooming trajectories, loaded."""
+    from cof_training.cache import read_cache
+
+    preset, models, cache = smoke_run
+    zooming = [t for t in (c.load() for c in read_cache(cache)) if t.zooms]
+    assert len(zooming) >= 2
+    return preset, models, zooming
+
+
 BUNDLE_PRECISIONS = {"small": ("fp32", "int8", "int4", "fp16"), "qwen": ("fp32", "int8")}
 
 

@@ -103,27 +103,37 @@ def test_pointing_warm_up_lowers_the_box_loss_and_runs_once_per_work_dir(smoke, 
 
 def test_point_first_runs_on_the_fresh_decoder_before_the_text_stages(smoke, tmp_path, monkeypatch):
     import cof_training.train_default as train_default
-    from cof_training import pointing_drills
+    from cof_training import answer_drills, pointing_drills, symbol_drills
 
     _, _, cache = smoke
-    work, stages, pointing_steps = tmp_path / "work", [], []
+    work, stages, pointing_steps, answer_drilled = tmp_path / "work", [], [], []
 
     def recording_warmed_init(init, out, stage, train):
         stages.append((stage, init.name))
-        if stage.startswith("point"):
+        if stage.startswith(("point", "answer", "symbol")):
             train(None, work / "init")
         out.mkdir(parents=True, exist_ok=True)
         return out, {"stage": stage}
 
+    def recording_answers(model, layout, processor, train, held, steps, *a, **k):
+        answer_drilled.append((steps, {load().category for load in train + held}))
+
     monkeypatch.setattr(train_default, "warmed_init", recording_warmed_init)
     monkeypatch.setattr(pointing_drills, "warm_up_pointing",
                         lambda model, layout, processor, train, held, steps, *a, **k: pointing_steps.append(steps))
+    monkeypatch.setattr(answer_drills, "warm_up_answers", recording_answers)
+    monkeypatch.setattr(symbol_drills, "warm_up_symbols",
+                        lambda model, processor, train, held, steps, **k: recording_answers(model, None, processor,
+                                                                                             train, held, steps))
     assert train_default.main(["--preset", "smoke", "--work-dir", str(work), "--cache", str(cache), "--warm-up-only",
                                "--no-progress", "--set", "point_first_steps=5", "--set", "drill_warmup_steps=3",
-                               "--set", "point_warmup_steps=7"]) == 0
-    assert stages == [("point_first", "init"), ("drill_warmup", "init-pointed-first"),
-                      ("point_warmup", "init-drilled")]
+                               "--set", "point_warmup_steps=7", "--set", "symbol_warmup_steps=2",
+                               "--set", "answer_warmup_steps=4"]) == 0
+    assert stages == [("symbol_warmup", "init"), ("point_first", "init-symbols"),
+                      ("drill_warmup", "init-pointed-first"), ("point_warmup", "init-drilled"),
+                      ("answer_warmup", "init-pointed")]
     assert pointing_steps == [5, 7]
+    assert answer_drilled == [(2, {"direct_attributes"}), (4, {"direct_attributes"})]
 
 
 @pytest.mark.parametrize("tokenizer", ["small", "small-numbers"])

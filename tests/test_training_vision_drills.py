@@ -77,3 +77,30 @@ def test_vision_warm_up_with_position_heads_learns_rows_and_columns(tmp_path):
     plain = real_warm_up(model, image_processor_for(model_dir), preset, 1, batch_size=4, scenes=3, held_out_scenes=1,
                          progress=False)
     assert "held_out_position_ce" not in plain
+
+
+def test_the_tag_symbol_loss_and_score_count_only_tokens_on_legible_tags():
+    from cof_training.vision_drills import TagHeads, held_out_scores
+
+    heads = TagHeads(4)
+    with torch.no_grad():
+        heads.symbol.weight.zero_()
+        heads.symbol.bias.zero_()
+        heads.symbol.bias[2] = 5.0                                      # always predicts symbol 2
+    embeds = torch.randn(5, 4)
+    batch = {"colour": torch.tensor([0, 0, NONE_COLOUR, 1, 1]), "symbol": torch.tensor([2, 3, NONE_SYMBOL, IGNORE, 2])}
+    losses = heads.losses(embeds, batch)
+    logits = heads.symbol(embeds)
+    expected = torch.nn.functional.cross_entropy(logits[[0, 1, 4]], batch["symbol"][[0, 1, 4]])
+    assert losses["tag_symbol"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+    class Tower:                                                        # held_out_scores reads the tower's embeddings
+        model = type("M", (), {"get_image_features": lambda *a, **k: type("F", (), {"pooler_output": [embeds]})})
+
+    maps = [type("Map", (), {"colour": batch["colour"].numpy()})]
+    scores = held_out_scores(Tower, heads, {**batch, "pixel_values": None, "grid": None}, maps)
+    assert scores["symbol_on_tags"] == pytest.approx(2 / 3, abs=1e-3)
+    no_legible = {**batch, "symbol": torch.tensor([NONE_SYMBOL, IGNORE, NONE_SYMBOL, IGNORE, NONE_SYMBOL])}
+    no_legible_scores = held_out_scores(Tower, heads, {**no_legible, "pixel_values": None, "grid": None}, maps)
+    assert no_legible_scores["symbol_on_tags"] is None
+    assert heads.losses(embeds, no_legible)["tag_symbol"].item() == 0.0

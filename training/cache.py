@@ -3,7 +3,8 @@
 Layout of a cache directory (append-only; several writers can share it as long as their scene ranges differ)::
 
     cache/images/s{scene}_r{res}_v{k}.png      every view image, exactly as the runtime renders it (lossless)
-    cache/records-{start}-{stop}.jsonl         one trajectory a line: text, turns, label, category, views, images
+    cache/records-{start}-{stop}.jsonl         one trajectory a line: text, turns, label, category, views, images,
+                                               targets (the asked tags' boxes at that resolution)
 
 A rendered 3840x2160 scene costs ~0.6 s here; each scene is shown at `res_per_scene` resolutions and, with
 `all_tag_questions`, asked about every tag (its own question plus one attribute question per other tag), so one
@@ -79,7 +80,7 @@ def render_scene(preset: Preset, index: int, out: Path, cfg: TrajectoryConfig) -
                     saved_global = name
             records.append(dict(scene=index, resolution=res, text=traj.text, turns=traj.turns, label=traj.label,
                                 category=traj.category, images=paths,
-                                views=[[list(v.region), list(v.size)] for v in traj.views]))
+                                views=[[list(v.region), list(v.size)] for v in traj.views], targets=traj.targets))
     return records
 
 
@@ -117,7 +118,8 @@ class CachedTrajectory:
                 img = img.convert("RGB")
             images.append(img if img.size == view.size else img.resize(view.size, RESAMPLE))
         return Trajectory(text=self.record["text"], turns=self.record["turns"], views=views, images=images,
-                          label=self.record["label"], category=self.record["category"])
+                          label=self.record["label"], category=self.record["category"],
+                          targets=self.record.get("targets", []))
 
 
 def read_cache(root) -> list[CachedTrajectory]:

@@ -8,6 +8,7 @@
 * `cpu-grid-numbers`: `cpu-grid` with a tokenizer that has 0..999 as single tokens.
 * `cpu-point`: `cpu-grid-numbers` with pointing drills (training/pointing_drills.py) before SFT.
 * `cpu-attend`: `cpu-point` with supervised attention, pointing first on the fresh decoder.
+* `cpu-read`: `cpu-attend` with symbol drills (training/symbol_drills.py) and answer drills before SFT.
 * `smoke`: seconds, for tests.
 * `gpu-3b` / `gpu-7b`: LoRA on real Qwen2.5-VL checkpoints (documented recipe; needs CUDA, not run here).
 """
@@ -60,12 +61,18 @@ class Preset:
     vision_warmup_steps: int = 0         # vision-tower steps on per-token tag maps before anything else (vision_drills.py)
     vision_drill_scenes: int = 300       # scenes rendered once for them (each: global views + a crop per tag)
     vision_position_weight: float = 0.0  # > 0: the vision drills also train row/column heads (each token's place)
+    vision_symbol_weight: float = 0.0    # > 0: ... and the symbol on legible tags' tokens alone (vision_drills.py)
+    vision_legible_side: float = 0.0     # view px from which a tag's symbol is labelled (0: direct_min_side)
     copy_warmup_steps: int = 0           # text-only box copy steps after the retrieval drills (pointing_drills.py)
     point_warmup_steps: int = 0          # pointing-drill steps after them (pointing_drills.py)
     point_first_steps: int = 0           # pointing-drill steps before the text-only stages, on the fresh decoder
     drill_reset_every: int = 0           # > 0: copy and pointing drills restart AdamW every this many steps
     point_attention_weight: float = 0.0  # > 0: pointing drills also train attention onto the box (pointing_drills.py)
     point_batch_size: int = 16
+    symbol_warmup_steps: int = 0         # tower steps on tag patches of the crops, after the vision drills
+    answer_warmup_steps: int = 0         # answer-drill steps after the pointing drills (answer_drills.py)
+    answer_attention_weight: float = 0.0  # > 0: answer drills also train attention onto the crop's tag and the option
+    answer_reply_weight: float = 1.0     # answer drills add SFT's loss on every reply token, times this
     # optimisation
     lora: bool = False
     lora_r: int = 16
@@ -178,8 +185,15 @@ CPU_POINT = dataclasses.replace(CPU_GRID_NUMBERS, name="cpu-point", point_warmup
 CPU_ATTEND = dataclasses.replace(CPU_POINT, name="cpu-attend", vision_position_weight=1.0, point_first_steps=3300,
                                  point_attention_weight=1.0, drill_reset_every=100)
 
+# cpu-attend with the two stages that make the reply read the crop: symbol drills on the tower before the decoder
+# learns to read it (the whole-view vision drills never taught the symbols; run after pointing, they cost the box),
+# and answer drills with supervised attention onto the asked tag and the chosen option, SFT's loss kept, after the
+# pointing refresh (training/README.md, "Reading the crop"). Not yet run as one command.
+CPU_READ = dataclasses.replace(CPU_ATTEND, name="cpu-read", symbol_warmup_steps=5000, answer_warmup_steps=300,
+                               answer_attention_weight=1.0)
+
 PRESETS = {p.name: p for p in (CPU_DEFAULT, CPU_DRILLS, CPU_VISION, CPU_GRID, CPU_GRID_NUMBERS, CPU_POINT, CPU_ATTEND,
-                               SMOKE, GPU_3B, GPU_7B)}
+                               CPU_READ, SMOKE, GPU_3B, GPU_7B)}
 
 
 def parse_overrides(pairs: list[str]) -> dict:

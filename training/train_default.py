@@ -4,10 +4,12 @@
 
 Steps: build the random init (small tokenizer, `preset.spec`) → pre-render the vsearch trajectory cache (unless
 `--cache` points at one, possibly still growing) → `preset.vision_warmup_steps` of vision drills
-(training/vision_drills.py) → `preset.point_first_steps` of pointing drills on the fresh decoder →
+(training/vision_drills.py) → `preset.symbol_warmup_steps` of symbol drills (training/symbol_drills.py) →
+`preset.point_first_steps` of pointing drills on the fresh decoder →
 `preset.drill_warmup_steps` of retrieval drills (training/drills.py) →
 `preset.copy_warmup_steps` of box copy drills → `preset.point_warmup_steps` of pointing drills (both
-training/pointing_drills.py); each stage once per work dir
+training/pointing_drills.py) → `preset.answer_warmup_steps` of answer drills (training/answer_drills.py); each stage
+once per work dir
 (`--warm-up-only` stops after them) → TRL SFTTrainer (training/sft.py) with checkpoints every
 `save_steps` (weights, optimizer, scheduler, RNG, step) under `--work-dir/checkpoints` → `--resume` continues from
 the latest. Each checkpoint is also exported to `--out` as a plain HF directory (weights, tokenizer, image processor)
@@ -86,7 +88,8 @@ def vision_drilled_init(init: Path, out: Path, preset, progress: bool = True) ->
 
     return warmed_init(init, out, "vision_warmup", lambda model, src: warm_up_vision(
         model, image_processor_for(src), preset, preset.vision_warmup_steps, scenes=preset.vision_drill_scenes,
-        lr=preset.lr, seed=preset.seed, position_weight=preset.vision_position_weight, progress=progress))
+        lr=preset.lr, seed=preset.seed, position_weight=preset.vision_position_weight,
+        symbol_weight=preset.vision_symbol_weight, legible_side=preset.vision_legible_side or None, progress=progress))
 
 
 def drilled_init(init: Path, out: Path, cache: Path, preset, progress: bool = True) -> tuple[Path, dict]:
@@ -106,12 +109,12 @@ def drilled_init(init: Path, out: Path, cache: Path, preset, progress: bool = Tr
     return warmed_init(init, out, "drill_warmup", train)
 
 
-def zooming_split(cache: Path, held_out_scenes: int, held_out: int) -> tuple[list, list]:
-    """Loaders of the cache's zooming trajectories: (train, held out); up to `held_out` of the last
-    `held_out_scenes` scenes are held out (a scene's tags are where they are in all its trajectories)."""
+def zooming_split(cache: Path, held_out_scenes: int, held_out: int, category: str | None = None) -> tuple[list, list]:
+    """Loaders of the cache's zooming trajectories (of `category`, if given): (train, held out); up to `held_out` of
+    the last `held_out_scenes` scenes are held out (a scene's tags are where they are in all its trajectories)."""
     from .cache import read_cache
 
-    zooming = [c for c in read_cache(cache) if len(c.record["turns"]) > 1]
+    zooming = [c for c in read_cache(cache) if len(c.record["turns"]) > 1 and category in (None, c.record["category"])]
     held_scenes = set(sorted({c.record["scene"] for c in zooming})[-held_out_scenes:])
     held = [c.load for c in zooming if c.record["scene"] in held_scenes][:held_out]
     return [c.load for c in zooming if c.record["scene"] not in held_scenes], held
@@ -155,6 +158,42 @@ def pointed_init(init: Path, out: Path, cache: Path, preset, progress: bool = Tr
                                 attention_weight=preset.point_attention_weight, progress=progress)
 
     return warmed_init(init, out, stage, train)
+
+
+def symbol_drilled_init(init: Path, out: Path, cache: Path, preset, progress: bool = True,
+                        held_out_scenes: int = 40, held_out: int = 256) -> tuple[Path, dict]:
+    """Stage 1b (training/symbol_drills.py): the tower tells the symbols apart on the asked tags of the crops."""
+    from .sft import image_processor_for
+    from .symbol_drills import warm_up_symbols
+    from .trajectories import ATTRIBUTE
+
+    return warmed_init(init, out, "symbol_warmup", lambda model, src: warm_up_symbols(
+        model, image_processor_for(src), *zooming_split(cache, held_out_scenes, held_out, category=ATTRIBUTE),
+        preset.symbol_warmup_steps, seed=preset.seed, progress=progress))
+
+
+def answered_init(init: Path, out: Path, cache: Path, preset, progress: bool = True, held_out_scenes: int = 40,
+                  held_out: int = 64) -> tuple[Path, dict]:
+    """Stage 5 (training/answer_drills.py): the final reply's symbol and letter of each zooming attribute
+    trajectory, read from its crop and its options; up to `held_out` of the last `held_out_scenes` scenes held out."""
+    from tokenizers import Tokenizer
+
+    from cof_edge.protocol import TokenLayout
+
+    from .answer_drills import warm_up_answers
+    from .sft import image_processor_for
+    from .trajectories import ATTRIBUTE
+
+    def train(model, src):
+        layout = TokenLayout(Tokenizer.from_file(str(src / "tokenizer.json")))
+        return warm_up_answers(model, layout, image_processor_for(src),
+                               *zooming_split(cache, held_out_scenes, held_out, category=ATTRIBUTE),
+                               preset.answer_warmup_steps, preset.point_batch_size, preset.lr,
+                               preset.budgets.system_prompt, seed=preset.seed, reset_every=preset.drill_reset_every,
+                               attention_weight=preset.answer_attention_weight,
+                               reply_weight=preset.answer_reply_weight, progress=progress)
+
+    return warmed_init(init, out, "answer_warmup", train)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -235,8 +274,12 @@ def main(argv=None, extra_callbacks=()) -> int:
     if not read_cache(cache):
         build_cache(preset, cache, 0, preset.scenes, progress=not args.no_progress)
     warm_up_report = vision_report = copy_report = point_report = point_first_report = None
+    symbol_report = answer_report = None
     if preset.vision_warmup_steps:  # each stage once per work dir; a resumed run finds it
         init, vision_report = vision_drilled_init(init, work / "init-vision", preset, progress=not args.no_progress)
+    if preset.symbol_warmup_steps:  # a tower stage: once the decoder reads the tower, moving it costs the box
+        init, symbol_report = symbol_drilled_init(init, work / "init-symbols", cache, preset,
+                                                  progress=not args.no_progress)
     if preset.point_first_steps:  # a fresh decoder attends to the image; one trained on text first does not
         init, point_first_report = pointed_init(init, work / "init-pointed-first", cache, preset,
                                                 progress=not args.no_progress, steps=preset.point_first_steps,
@@ -247,6 +290,8 @@ def main(argv=None, extra_callbacks=()) -> int:
         init, copy_report = copied_init(init, work / "init-copied", cache, preset, progress=not args.no_progress)
     if preset.point_warmup_steps:
         init, point_report = pointed_init(init, work / "init-pointed", cache, preset, progress=not args.no_progress)
+    if preset.answer_warmup_steps:
+        init, answer_report = answered_init(init, work / "init-answered", cache, preset, progress=not args.no_progress)
     if args.warm_up_only:
         print(f"pre-SFT stages done: {init}")
         return 0
@@ -288,6 +333,8 @@ def main(argv=None, extra_callbacks=()) -> int:
             "copy_warmup": copy_report,
             "point_first": point_first_report,
             "point_warmup": point_report,
+            "symbol_warmup": symbol_report,
+            "answer_warmup": answer_report,
             "params": n_params,
             "seeds": {"init": preset.seed, "train": preset.seed, "data": preset.data_seed},
             "steps": step,

@@ -64,6 +64,7 @@ class Trajectory:
     label: str
     category: str = ""
     boxes: list[list[int]] = field(default_factory=list)  # the boxes written, global-view frame
+    targets: list[list[float]] = field(default_factory=list)  # the asked tags' boxes, in the image's pixels
 
     @property
     def zooms(self) -> int:
@@ -181,7 +182,7 @@ def build_trajectory(image, text: str, label: str, category: str, target_boxes, 
     else:
         _attribute(b, cfg, target_boxes[0], colours[0], label, answer_text, gain)
     return Trajectory(text=text, turns=b.turns, views=b.views, images=b.images, label=label, category=category,
-                      boxes=b.boxes)
+                      boxes=b.boxes, targets=[[float(v) for v in box] for box in target_boxes])
 
 
 def _attribute(b: _Builder, cfg: TrajectoryConfig, target, colour, label, answer_text, gain) -> None:

@@ -44,35 +44,45 @@ class TagMap:
     symbol: np.ndarray            # [tokens] symbol index, NONE_SYMBOL where no tag, IGNORE where too small to read
 
 
+def tag_cells(box, size: tuple[int, int]) -> np.ndarray:
+    """Which merged tokens (raster order) of a view of `size` show a tag whose box, in that view's pixels, is `box`:
+    the token its centre is in, and those whose centre is in the box."""
+    cols, rows = size[0] // FACTOR, size[1] // FACTOR
+    inside = np.zeros((rows, cols), dtype=bool)
+    x1, y1, x2, y2 = box
+    if x2 <= 0 or y2 <= 0 or x1 >= size[0] or y1 >= size[1]:
+        return inside.reshape(-1)
+    centres_x, centres_y = (np.arange(cols) + 0.5) * FACTOR, (np.arange(rows) + 0.5) * FACTOR
+    inside[np.ix_((centres_y >= y1) & (centres_y < y2), (centres_x >= x1) & (centres_x < x2))] = True
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    if 0 <= cx < size[0] and 0 <= cy < size[1]:
+        inside[int(cy // FACTOR), int(cx // FACTOR)] = True
+    return inside.reshape(-1)
+
+
 def tag_map(original, view: View, tags, legible_side: float) -> TagMap:
     """Per merged token of `view`: the tag whose centre is in it, or whose box holds the token's centre."""
     cols, rows = view.size[0] // FACTOR, view.size[1] // FACTOR
     colour = np.full(rows * cols, NONE_COLOUR, dtype=np.int64)
     symbol = np.full(rows * cols, NONE_SYMBOL, dtype=np.int64)
-    centres_x = (np.arange(cols) + 0.5) * FACTOR
-    centres_y = (np.arange(rows) + 0.5) * FACTOR
     for tag in tags:
         x1, y1, x2, y2 = view.from_original(tag.box)
-        if x2 <= 0 or y2 <= 0 or x1 >= view.size[0] or y1 >= view.size[1]:
+        flat = tag_cells((x1, y1, x2, y2), view.size)
+        if not flat.any():
             continue
-        inside = np.zeros((rows, cols), dtype=bool)
-        inside[np.ix_((centres_y >= y1) & (centres_y < y2), (centres_x >= x1) & (centres_x < x2))] = True
-        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-        if 0 <= cx < view.size[0] and 0 <= cy < view.size[1]:
-            inside[int(cy // FACTOR), int(cx // FACTOR)] = True
-        flat = inside.reshape(-1)
         colour[flat] = COLOURS.index(tag.colour)
         symbol[flat] = SYMBOLS.index(tag.symbol) if min(x2 - x1, y2 - y1) >= legible_side else IGNORE
     return TagMap(render_view(original, view), colour, symbol)
 
 
-def scene_tag_maps(preset, index: int, rng: random.Random) -> list[TagMap]:
+def scene_tag_maps(preset, index: int, rng: random.Random, legible_side: float | None = None) -> list[TagMap]:
     """One scene at `preset.res_per_scene` training resolutions: its global view, and a jittered teacher crop
     around each tag (the box off by up to half a merged token, as a model's boxes are). Budgets, box size, the
-    legible tag size and the no-zoom rule are the trajectory teacher's (`cache.trajectory_config`)."""
+    legible tag size (unless `legible_side` is given) and the no-zoom rule are the trajectory teacher's
+    (`cache.trajectory_config`)."""
     sample = render_sample(preset.data_seed, index)
     cfg = trajectory_config(preset)
-    options, legible_side = cfg.options, cfg.direct_min_side
+    options, legible_side = cfg.options, cfg.direct_min_side if legible_side is None else legible_side
     out = []
     for resolution in rng.sample(list(preset.resolutions), min(preset.res_per_scene, len(preset.resolutions))):
         image = sample.image if resolution == max(sample.image.size) else resize_to_long_side(sample.image, resolution)
@@ -122,8 +132,11 @@ class TagHeads(torch.nn.Module):
 
     def losses(self, embeds: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
         ce = torch.nn.functional.cross_entropy
+        on_tag = (batch["symbol"] >= 0) & (batch["symbol"] < NONE_SYMBOL)
         out = {"colour": ce(self.colour(embeds), batch["colour"]),
-               "symbol": ce(self.symbol(embeds), batch["symbol"], ignore_index=IGNORE)}
+               "symbol": ce(self.symbol(embeds), batch["symbol"], ignore_index=IGNORE),
+               "tag_symbol": ce(self.symbol(embeds[on_tag]), batch["symbol"][on_tag]) if on_tag.any()
+               else embeds.sum() * 0.0}
         if self.row is not None:
             out["row"], out["col"] = ce(self.row(embeds), batch["row"]), ce(self.col(embeds), batch["col"])
         return out
@@ -136,12 +149,16 @@ def image_embeddings(model, batch: dict) -> torch.Tensor:
 
 def held_out_scores(model, heads: TagHeads, batch: dict, maps: list[TagMap]) -> dict:
     """One forward over the held-out views: the heads' cross-entropies, the colour retrieval (the share of tags whose
-    colour scores highest on one of the tag's own tokens) and, with position heads, the share of tag tokens whose
-    row and column are both predicted exactly."""
+    colour scores highest on one of the tag's own tokens), the share of tokens on a legible tag whose symbol is
+    predicted exactly (`symbol_on_tags`) and, with position heads, the share of tag tokens whose row and column are
+    both predicted exactly."""
     with torch.no_grad():
         embeds = image_embeddings(model, batch)
         out = {f"{name}_ce": float(loss) for name, loss in heads.losses(embeds, batch).items()}
         scores = heads.colour(embeds).split([len(m.colour) for m in maps])
+        on_tag = (batch["symbol"] >= 0) & (batch["symbol"] < NONE_SYMBOL)
+        right = (heads.symbol(embeds).argmax(-1) == batch["symbol"])[on_tag]
+        out["symbol_on_tags"] = round(float(right.float().mean()), 3) if on_tag.any() else None    # none legible
         if heads.row is not None:
             on_tag = batch["colour"] != NONE_COLOUR
             placed = (heads.row(embeds).argmax(-1) == batch["row"]) & (heads.col(embeds).argmax(-1) == batch["col"])
@@ -156,9 +173,11 @@ def held_out_scores(model, heads: TagHeads, batch: dict, maps: list[TagMap]) -> 
 
 def warm_up_vision(model, image_processor, preset, steps: int, batch_size: int = 16, lr: float = 2e-3,
                    scenes: int = 300, held_out_scenes: int = 20, seed: int = 0, position_weight: float = 0.0,
-                   progress: bool = True) -> dict:
+                   symbol_weight: float = 0.0, legible_side: float | None = None, progress: bool = True) -> dict:
     """Train `model`'s vision tower on tag maps of `scenes` training scenes (rendered once, up front); with
-    `position_weight` > 0 the row and column heads' losses join, scaled by it.
+    `position_weight` > 0 the row and column heads' losses join, scaled by it. The symbol loss is over every token,
+    where "no tag" dominates; `symbol_weight` > 0 adds it over the legible tags' tokens alone, scaled by it (tags of
+    at least `legible_side` view px, default the teacher's `direct_min_side`).
 
     Returns the held-out colour retrieval (and tag position) and losses before and after, and the wall time.
     """
@@ -167,7 +186,7 @@ def warm_up_vision(model, image_processor, preset, steps: int, batch_size: int =
     rng, t0 = random.Random(seed), time.time()
     maps = []
     for index in tqdm(range(scenes + held_out_scenes), desc="vision drills: rendering", disable=not progress):
-        maps.extend((index, m) for m in scene_tag_maps(preset, index, rng))
+        maps.extend((index, m) for m in scene_tag_maps(preset, index, rng, legible_side))
     held = [m for i, m in maps if i >= scenes]
     train = [m for i, m in maps if i < scenes]
     position = position_weight > 0
@@ -183,7 +202,8 @@ def warm_up_vision(model, image_processor, preset, steps: int, batch_size: int =
     for step in bar:
         batch = _batch(rng.sample(train, min(batch_size, len(train))), image_processor, position)
         losses = heads.losses(image_embeddings(model, batch), batch)
-        sum(loss * (position_weight if name in ("row", "col") else 1.0) for name, loss in losses.items()).backward()
+        weights = {"row": position_weight, "col": position_weight, "tag_symbol": symbol_weight}
+        sum(loss * weights.get(name, 1.0) for name, loss in losses.items()).backward()
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
@@ -196,7 +216,10 @@ def warm_up_vision(model, image_processor, preset, steps: int, batch_size: int =
               "held_out_views": len(held), "held_out_colour_retrieval_before": round(before["retrieval"], 3),
               "held_out_colour_retrieval_after": round(after["retrieval"], 3),
               "held_out_colour_ce_before": round(before["colour_ce"], 3),
-              "held_out_colour_ce": round(after["colour_ce"], 3), "held_out_symbol_ce": round(after["symbol_ce"], 3)}
+              "held_out_colour_ce": round(after["colour_ce"], 3), "held_out_symbol_ce": round(after["symbol_ce"], 3),
+              "symbol_weight": symbol_weight, "legible_side": legible_side,
+              "held_out_symbol_on_tags_before": before["symbol_on_tags"],
+              "held_out_symbol_on_tags": after["symbol_on_tags"]}
     if heads.row is not None:
         report.update(position_weight=position_weight, held_out_tag_position_before=round(before["tag_position"], 3),
                       held_out_tag_position_after=round(after["tag_position"], 3),

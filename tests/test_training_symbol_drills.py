@@ -1,0 +1,46 @@
+"""Symbol drills: 56x56 patches of the crops around the asked tag, labelled with its symbol; the tower trains alone."""
+
+import re
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from cof_edge.data.vsearch import SYMBOLS  # noqa: E402
+from cof_training.sft import image_processor_for  # noqa: E402
+from cof_training.symbol_drills import PATCH, symbol_batch, tag_surround, warm_up_symbols  # noqa: E402
+
+
+def test_a_centred_patch_is_the_crop_around_the_asked_tag_labelled_with_its_symbol(smoke_zooming):
+    _, models, zooming = smoke_zooming
+    model_dir = models["small"]
+    for traj in zooming:
+        surround, symbol = tag_surround(traj, jitter=8)
+        assert surround.size == (PATCH + 16, PATCH + 16)
+        assert SYMBOLS[symbol] == re.search(r"shows an? (\S+) on", traj.turns[-1]).group(1)
+        x1, y1, x2, y2 = traj.views[-1].from_original(traj.targets[0])
+        left, top = round((x1 + x2) / 2 - PATCH / 2), round((y1 + y2) / 2 - PATCH / 2)
+        expected = np.asarray(traj.images[-1].crop((left, top, left + PATCH, top + PATCH)))
+        centred = np.asarray(surround.crop((8, 8, 8 + PATCH, 8 + PATCH)))
+        assert np.array_equal(centred, expected)
+    batch = symbol_batch([tag_surround(t, 8) for t in zooming], image_processor_for(model_dir), None)
+    assert batch["grid"].tolist() == [[1, 4, 4]] * len(zooming)
+    with pytest.raises(ValueError, match="targets"):
+        tag_surround(type(zooming[0])(text="", turns=["<answer>A</answer>"], views=[], images=[], label="A"), 8)
+
+
+def test_symbol_warm_up_trains_the_tower_only(smoke_zooming):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    _, models, zooming = smoke_zooming
+    model_dir = models["small"]
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
+    before = {k: v.clone() for k, v in model.named_parameters()}
+    loaders = [lambda t=t: t for t in zooming]
+    report = warm_up_symbols(model, image_processor_for(model_dir), loaders[1:], loaders[:1], steps=3, batch_size=4,
+                             progress=False)
+    changed = {k for k, v in model.named_parameters() if not torch.equal(before[k], v)}
+    assert changed and all(".visual." in k for k in changed), sorted(changed)[:5]
+    assert report["steps"] == 3 and 0.0 <= report["held_out_symbol_accuracy"] <= 1.0
+    assert report["held_out_symbol_accuracy_before"] in (0.0, 1.0)         # one held-out patch
