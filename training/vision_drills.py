@@ -68,8 +68,6 @@ def tag_map(original, view: View, tags, legible_side: float) -> TagMap:
     for tag in tags:
         x1, y1, x2, y2 = view.from_original(tag.box)
         flat = tag_cells((x1, y1, x2, y2), view.size)
-        if not flat.any():
-            continue
         colour[flat] = COLOURS.index(tag.colour)
         symbol[flat] = SYMBOLS.index(tag.symbol) if min(x2 - x1, y2 - y1) >= legible_side else IGNORE
     return TagMap(render_view(original, view), colour, symbol)
@@ -120,6 +118,11 @@ def _batch(maps: list[TagMap], image_processor, position: bool = False) -> dict:
     return batch
 
 
+def legible_tag_tokens(batch: dict) -> torch.Tensor:
+    """Which tokens of a drill batch are on a tag whose symbol is labelled (legible)."""
+    return (batch["symbol"] >= 0) & (batch["symbol"] < NONE_SYMBOL)
+
+
 class TagHeads(torch.nn.Module):
     """Linear heads on the tower's output: colour and symbol, and with `position` the token's row and column."""
 
@@ -132,7 +135,7 @@ class TagHeads(torch.nn.Module):
 
     def losses(self, embeds: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
         ce = torch.nn.functional.cross_entropy
-        on_tag = (batch["symbol"] >= 0) & (batch["symbol"] < NONE_SYMBOL)
+        on_tag = legible_tag_tokens(batch)
         out = {"colour": ce(self.colour(embeds), batch["colour"]),
                "symbol": ce(self.symbol(embeds), batch["symbol"], ignore_index=IGNORE),
                "tag_symbol": ce(self.symbol(embeds[on_tag]), batch["symbol"][on_tag]) if on_tag.any()
@@ -156,7 +159,7 @@ def held_out_scores(model, heads: TagHeads, batch: dict, maps: list[TagMap]) -> 
         embeds = image_embeddings(model, batch)
         out = {f"{name}_ce": float(loss) for name, loss in heads.losses(embeds, batch).items()}
         scores = heads.colour(embeds).split([len(m.colour) for m in maps])
-        on_tag = (batch["symbol"] >= 0) & (batch["symbol"] < NONE_SYMBOL)
+        on_tag = legible_tag_tokens(batch)
         right = (heads.symbol(embeds).argmax(-1) == batch["symbol"])[on_tag]
         out["symbol_on_tags"] = round(float(right.float().mean()), 3) if on_tag.any() else None    # none legible
         if heads.row is not None:
