@@ -108,8 +108,8 @@ def test_point_first_runs_on_the_fresh_decoder_before_the_text_stages(smoke, tmp
     _, _, cache = smoke
     work, stages, pointing_steps, answer_drilled = tmp_path / "work", [], [], []
 
-    def recording_warmed_init(init, out, stage, train):
-        stages.append((stage, init.name))
+    def recording_warmed_init(init, out, stage, train, frozen_tower=False):
+        stages.append((stage, init.name, frozen_tower))
         if stage.startswith(("point", "answer", "symbol")):
             train(None, work / "init")
         out.mkdir(parents=True, exist_ok=True)
@@ -128,12 +128,26 @@ def test_point_first_runs_on_the_fresh_decoder_before_the_text_stages(smoke, tmp
     assert train_default.main(["--preset", "smoke", "--work-dir", str(work), "--cache", str(cache), "--warm-up-only",
                                "--no-progress", "--set", "point_first_steps=5", "--set", "drill_warmup_steps=3",
                                "--set", "point_warmup_steps=7", "--set", "symbol_warmup_steps=2",
-                               "--set", "answer_warmup_steps=4"]) == 0
-    assert stages == [("symbol_warmup", "init"), ("point_first", "init-symbols"),
-                      ("drill_warmup", "init-pointed-first"), ("point_warmup", "init-drilled"),
-                      ("answer_warmup", "init-pointed")]
+                               "--set", "answer_warmup_steps=4", "--set", "freeze_tower=true"]) == 0
+    assert stages == [("symbol_warmup", "init", False), ("point_first", "init-symbols", True),
+                      ("drill_warmup", "init-pointed-first", True), ("point_warmup", "init-drilled", True),
+                      ("answer_warmup", "init-pointed", True)]
     assert pointing_steps == [5, 7]
     assert answer_drilled == [(2, {"direct_attributes"}), (4, {"direct_attributes"})]
+
+
+def test_a_frozen_tower_stays_as_it_was_while_the_decoder_learns(smoke, tmp_path):
+    from safetensors.torch import load_file
+
+    from cof_training.train_default import pointed_init
+
+    preset, models, cache = smoke
+    preset = dataclasses.replace(preset, point_warmup_steps=3, point_batch_size=2, lr=3e-3, freeze_tower=True)
+    out, _ = pointed_init(models["small"], tmp_path / "pointed", cache, preset, progress=False, held_out_scenes=1)
+    before, after = load_file(models["small"] / "model.safetensors"), load_file(out / "model.safetensors")
+    tower = [k for k in before if ".visual." in k or k.startswith("visual.")]
+    assert tower and all(torch.equal(before[k], after[k]) for k in tower)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k not in tower)
 
 
 @pytest.mark.parametrize("tokenizer", ["small", "small-numbers"])

@@ -73,6 +73,7 @@ class Preset:
     answer_warmup_steps: int = 0         # answer-drill steps after the pointing drills (answer_drills.py)
     answer_attention_weight: float = 0.0  # > 0: answer drills also train attention onto the crop's tag and the option
     answer_reply_weight: float = 1.0     # answer drills add SFT's loss on every reply token, times this
+    freeze_tower: bool = False           # True: only the tower stages (vision, symbol drills) change the vision tower
     # optimisation
     lora: bool = False
     lora_r: int = 16
@@ -188,9 +189,10 @@ CPU_ATTEND = dataclasses.replace(CPU_POINT, name="cpu-attend", vision_position_w
 # cpu-attend with the two stages that make the reply read the crop: symbol drills on the tower before the decoder
 # learns to read it (the whole-view vision drills never taught the symbols; run after pointing, they cost the box),
 # and answer drills with supervised attention onto the asked tag and the chosen option, SFT's loss kept, after the
-# pointing refresh (training/README.md, "Reading the crop"). Not yet run as one command.
+# pointing refresh (training/README.md, "Reading the crop"). The tower is frozen after its own stages, so that no
+# decoder stage moves the features that the decoder learns to read.
 CPU_READ = dataclasses.replace(CPU_ATTEND, name="cpu-read", symbol_warmup_steps=5000, answer_warmup_steps=300,
-                               answer_attention_weight=1.0)
+                               answer_attention_weight=1.0, freeze_tower=True)
 
 PRESETS = {p.name: p for p in (CPU_DEFAULT, CPU_DRILLS, CPU_VISION, CPU_GRID, CPU_GRID_NUMBERS, CPU_POINT, CPU_ATTEND,
                                CPU_READ, SMOKE, GPU_3B, GPU_7B)}

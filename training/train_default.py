@@ -57,9 +57,16 @@ def export_model(model, init_dir: Path, out: Path, recipe: dict) -> None:
     tmp.rmdir()
 
 
-def warmed_init(init: Path, out: Path, stage: str, train) -> tuple[Path, dict]:
+def freeze_tower(model) -> None:
+    """Leave the vision tower as the tower stages made it: a decoder learns to read its features, and moving them
+    later costs the box (training/README.md, "Reading the crop")."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base.model.visual.requires_grad_(False)
+
+
+def warmed_init(init: Path, out: Path, stage: str, train, frozen_tower: bool = False) -> tuple[Path, dict]:
     """A curriculum stage before SFT: `train(model, init)` → report, on the model at `init`, saved to `out` once
-    (a resumed run finds it and skips the stage)."""
+    (a resumed run finds it and skips the stage); `frozen_tower` leaves the vision tower as it is."""
     report_file = out / f"{stage}.json"
     if report_file.is_file():
         return out, json.loads(report_file.read_text())
@@ -67,6 +74,8 @@ def warmed_init(init: Path, out: Path, stage: str, train) -> tuple[Path, dict]:
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(init, dtype=torch.float32)
+    if frozen_tower:
+        freeze_tower(model)
     report = train(model, init)
     print(f"{stage}: {report}")
     tmp = out.with_name(out.name + ".tmp")
@@ -106,7 +115,7 @@ def drilled_init(init: Path, out: Path, cache: Path, preset, progress: bool = Tr
         return warm_up(model, layout, [c.load for c in read_cache(cache)], preset.drill_warmup_steps,
                        preset.drill_batch_size, preset.lr, seed=preset.seed, progress=progress)
 
-    return warmed_init(init, out, "drill_warmup", train)
+    return warmed_init(init, out, "drill_warmup", train, frozen_tower=preset.freeze_tower)
 
 
 def zooming_split(cache: Path, held_out_scenes: int, held_out: int, category: str | None = None) -> tuple[list, list]:
@@ -135,7 +144,7 @@ def copied_init(init: Path, out: Path, cache: Path, preset, progress: bool = Tru
                             preset.point_batch_size, preset.lr, seed=preset.seed, reset_every=preset.drill_reset_every,
                             progress=progress)
 
-    return warmed_init(init, out, "copy_warmup", train)
+    return warmed_init(init, out, "copy_warmup", train, frozen_tower=preset.freeze_tower)
 
 
 def pointed_init(init: Path, out: Path, cache: Path, preset, progress: bool = True, held_out_scenes: int = 10,
@@ -157,7 +166,7 @@ def pointed_init(init: Path, out: Path, cache: Path, preset, progress: bool = Tr
                                 preset.lr, preset.budgets.system_prompt, seed=preset.seed, reset_every=preset.drill_reset_every,
                                 attention_weight=preset.point_attention_weight, progress=progress)
 
-    return warmed_init(init, out, stage, train)
+    return warmed_init(init, out, stage, train, frozen_tower=preset.freeze_tower)
 
 
 def symbol_drilled_init(init: Path, out: Path, cache: Path, preset, progress: bool = True,
@@ -193,7 +202,7 @@ def answered_init(init: Path, out: Path, cache: Path, preset, progress: bool = T
                                attention_weight=preset.answer_attention_weight,
                                reply_weight=preset.answer_reply_weight, progress=progress)
 
-    return warmed_init(init, out, "answer_warmup", train)
+    return warmed_init(init, out, "answer_warmup", train, frozen_tower=preset.freeze_tower)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -312,6 +321,8 @@ def main(argv=None, extra_callbacks=()) -> int:
 
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=preset.gradient_checkpointing)
         model = apply_lora(model, preset.lora_r, preset.lora_alpha, preset.lora_targets)
+    if preset.freeze_tower:
+        freeze_tower(model)
     tokenizer = AutoTokenizer.from_pretrained(init)
     layout = TokenLayout(Tokenizer.from_file(str(init / "tokenizer.json")))
     start_step = int(resume.name.split("-")[-1]) if resume else 0
