@@ -129,7 +129,7 @@ def test_point_first_runs_on_the_fresh_decoder_before_the_text_stages(smoke, tmp
                                "--no-progress", "--set", "point_first_steps=5", "--set", "drill_warmup_steps=3",
                                "--set", "point_warmup_steps=7", "--set", "symbol_warmup_steps=2",
                                "--set", "answer_warmup_steps=4", "--set", "freeze_tower=true"]) == 0
-    assert stages == [("symbol_warmup", "init", False), ("point_first", "init-symbols", True),
+    assert stages == [("symbol_warmup", "init", False), ("point_first", "init-symbols", False),
                       ("drill_warmup", "init-pointed-first", True), ("point_warmup", "init-drilled", True),
                       ("answer_warmup", "init-pointed", True)]
     assert pointing_steps == [5, 7]
@@ -142,8 +142,9 @@ def test_a_frozen_tower_stays_as_it_was_while_the_decoder_learns(smoke, tmp_path
     from cof_training.train_default import pointed_init
 
     preset, models, cache = smoke
-    preset = dataclasses.replace(preset, point_warmup_steps=3, point_batch_size=2, lr=3e-3, freeze_tower=True)
-    out, _ = pointed_init(models["small"], tmp_path / "pointed", cache, preset, progress=False, held_out_scenes=1)
+    preset = dataclasses.replace(preset, point_warmup_steps=3, point_batch_size=2, lr=3e-3)
+    out, _ = pointed_init(models["small"], tmp_path / "pointed", cache, preset, progress=False, held_out_scenes=1,
+                          frozen_tower=True)
     before, after = load_file(models["small"] / "model.safetensors"), load_file(out / "model.safetensors")
     tower = [k for k in before if ".visual." in k or k.startswith("visual.")]
     assert tower and all(torch.equal(before[k], after[k]) for k in tower)

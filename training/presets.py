@@ -73,7 +73,7 @@ class Preset:
     answer_warmup_steps: int = 0         # answer-drill steps after the pointing drills (answer_drills.py)
     answer_attention_weight: float = 0.0  # > 0: answer drills also train attention onto the crop's tag and the option
     answer_reply_weight: float = 1.0     # answer drills add SFT's loss on every reply token, times this
-    freeze_tower: bool = False           # True: only the tower stages (vision, symbol drills) change the vision tower
+    freeze_tower: bool = False           # True: the stages after the first pointing drills, and SFT, leave the tower
     # optimisation
     lora: bool = False
     lora_r: int = 16
@@ -189,8 +189,9 @@ CPU_ATTEND = dataclasses.replace(CPU_POINT, name="cpu-attend", vision_position_w
 # cpu-attend with the two stages that make the reply read the crop: symbol drills on the tower before the decoder
 # learns to read it (the whole-view vision drills never taught the symbols; run after pointing, they cost the box),
 # and answer drills with supervised attention onto the asked tag and the chosen option, SFT's loss kept, after the
-# pointing refresh (training/README.md, "Reading the crop"). The tower is frozen after its own stages, so that no
-# decoder stage moves the features that the decoder learns to read.
+# pointing refresh (training/README.md, "Reading the crop"). The tower trains in its own stages and in the first
+# pointing drills (frozen there, the box does not form), then stays as it is, so that the text drills, the answer
+# drills and SFT do not move the features that the decoder has learned to read.
 CPU_READ = dataclasses.replace(CPU_ATTEND, name="cpu-read", symbol_warmup_steps=5000, answer_warmup_steps=300,
                                answer_attention_weight=1.0, freeze_tower=True)
 

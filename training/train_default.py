@@ -101,7 +101,8 @@ def vision_drilled_init(init: Path, out: Path, preset, progress: bool = True) ->
         symbol_weight=preset.vision_symbol_weight, legible_side=preset.vision_legible_side or None, progress=progress))
 
 
-def drilled_init(init: Path, out: Path, cache: Path, preset, progress: bool = True) -> tuple[Path, dict]:
+def drilled_init(init: Path, out: Path, cache: Path, preset, progress: bool = True,
+                 frozen_tower: bool = False) -> tuple[Path, dict]:
     """Stage 2 (training/drills.py): retrieval drills on short text contexts."""
     from tokenizers import Tokenizer
 
@@ -115,7 +116,7 @@ def drilled_init(init: Path, out: Path, cache: Path, preset, progress: bool = Tr
         return warm_up(model, layout, [c.load for c in read_cache(cache)], preset.drill_warmup_steps,
                        preset.drill_batch_size, preset.lr, seed=preset.seed, progress=progress)
 
-    return warmed_init(init, out, "drill_warmup", train, frozen_tower=preset.freeze_tower)
+    return warmed_init(init, out, "drill_warmup", train, frozen_tower=frozen_tower)
 
 
 def zooming_split(cache: Path, held_out_scenes: int, held_out: int, category: str | None = None) -> tuple[list, list]:
@@ -130,7 +131,7 @@ def zooming_split(cache: Path, held_out_scenes: int, held_out: int, category: st
 
 
 def copied_init(init: Path, out: Path, cache: Path, preset, progress: bool = True, held_out_scenes: int = 10,
-                held_out: int = 64) -> tuple[Path, dict]:
+                held_out: int = 64, frozen_tower: bool = False) -> tuple[Path, dict]:
     """Stage 3 (pointing_drills.warm_up_copy): the box's second corner from its first, text only."""
     from tokenizers import Tokenizer
 
@@ -144,11 +145,12 @@ def copied_init(init: Path, out: Path, cache: Path, preset, progress: bool = Tru
                             preset.point_batch_size, preset.lr, seed=preset.seed, reset_every=preset.drill_reset_every,
                             progress=progress)
 
-    return warmed_init(init, out, "copy_warmup", train, frozen_tower=preset.freeze_tower)
+    return warmed_init(init, out, "copy_warmup", train, frozen_tower=frozen_tower)
 
 
 def pointed_init(init: Path, out: Path, cache: Path, preset, progress: bool = True, held_out_scenes: int = 10,
-                 held_out: int = 64, steps: int | None = None, stage: str = "point_warmup") -> tuple[Path, dict]:
+                 held_out: int = 64, steps: int | None = None, stage: str = "point_warmup",
+                 frozen_tower: bool = False) -> tuple[Path, dict]:
     """Stage 4 (training/pointing_drills.py): the box of each zooming trajectory's first reply, from its global view;
     up to `held_out` drills of the cache's last `held_out_scenes` scenes held out. `steps` (default
     `preset.point_warmup_steps`) and `stage` (the report's name) let the same drills run before the text stages."""
@@ -166,7 +168,7 @@ def pointed_init(init: Path, out: Path, cache: Path, preset, progress: bool = Tr
                                 preset.lr, preset.budgets.system_prompt, seed=preset.seed, reset_every=preset.drill_reset_every,
                                 attention_weight=preset.point_attention_weight, progress=progress)
 
-    return warmed_init(init, out, stage, train, frozen_tower=preset.freeze_tower)
+    return warmed_init(init, out, stage, train, frozen_tower=frozen_tower)
 
 
 def symbol_drilled_init(init: Path, out: Path, cache: Path, preset, progress: bool = True,
@@ -182,7 +184,7 @@ def symbol_drilled_init(init: Path, out: Path, cache: Path, preset, progress: bo
 
 
 def answered_init(init: Path, out: Path, cache: Path, preset, progress: bool = True, held_out_scenes: int = 40,
-                  held_out: int = 64) -> tuple[Path, dict]:
+                  held_out: int = 64, frozen_tower: bool = False) -> tuple[Path, dict]:
     """Stage 5 (training/answer_drills.py): the final reply's symbol and letter of each zooming attribute
     trajectory, read from its crop and its options; up to `held_out` of the last `held_out_scenes` scenes held out."""
     from tokenizers import Tokenizer
@@ -202,7 +204,7 @@ def answered_init(init: Path, out: Path, cache: Path, preset, progress: bool = T
                                attention_weight=preset.answer_attention_weight,
                                reply_weight=preset.answer_reply_weight, progress=progress)
 
-    return warmed_init(init, out, "answer_warmup", train, frozen_tower=preset.freeze_tower)
+    return warmed_init(init, out, "answer_warmup", train, frozen_tower=frozen_tower)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -289,18 +291,25 @@ def main(argv=None, extra_callbacks=()) -> int:
     if preset.symbol_warmup_steps:  # a tower stage: once the decoder reads the tower, moving it costs the box
         init, symbol_report = symbol_drilled_init(init, work / "init-symbols", cache, preset,
                                                   progress=not args.no_progress)
+    frozen = False  # preset.freeze_tower: pointing needs the tower to learn with the decoder, so only after it
     if preset.point_first_steps:  # a fresh decoder attends to the image; one trained on text first does not
         init, point_first_report = pointed_init(init, work / "init-pointed-first", cache, preset,
                                                 progress=not args.no_progress, steps=preset.point_first_steps,
                                                 stage="point_first")
+        frozen = preset.freeze_tower
     if preset.drill_warmup_steps:
-        init, warm_up_report = drilled_init(init, work / "init-drilled", cache, preset, progress=not args.no_progress)
+        init, warm_up_report = drilled_init(init, work / "init-drilled", cache, preset, progress=not args.no_progress,
+                                            frozen_tower=frozen)
     if preset.copy_warmup_steps:
-        init, copy_report = copied_init(init, work / "init-copied", cache, preset, progress=not args.no_progress)
+        init, copy_report = copied_init(init, work / "init-copied", cache, preset, progress=not args.no_progress,
+                                        frozen_tower=frozen)
     if preset.point_warmup_steps:
-        init, point_report = pointed_init(init, work / "init-pointed", cache, preset, progress=not args.no_progress)
+        init, point_report = pointed_init(init, work / "init-pointed", cache, preset, progress=not args.no_progress,
+                                          frozen_tower=frozen)
+        frozen = preset.freeze_tower
     if preset.answer_warmup_steps:
-        init, answer_report = answered_init(init, work / "init-answered", cache, preset, progress=not args.no_progress)
+        init, answer_report = answered_init(init, work / "init-answered", cache, preset, progress=not args.no_progress,
+                                            frozen_tower=frozen)
     if args.warm_up_only:
         print(f"pre-SFT stages done: {init}")
         return 0
@@ -321,7 +330,7 @@ def main(argv=None, extra_callbacks=()) -> int:
 
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=preset.gradient_checkpointing)
         model = apply_lora(model, preset.lora_r, preset.lora_alpha, preset.lora_targets)
-    if preset.freeze_tower:
+    if frozen:
         freeze_tower(model)
     tokenizer = AutoTokenizer.from_pretrained(init)
     layout = TokenLayout(Tokenizer.from_file(str(init / "tokenizer.json")))
