@@ -16,18 +16,34 @@ from cof_export.pipeline import ExportConfig, export_bundle  # noqa: E402
 from conftest import photo_like, run_chain  # noqa: E402
 
 
+def timed_at(plain_ms: float, fused_ms: float):
+    """A stand-in for `fused.compare_speed`: the keep decision is timed, and a loaded machine (CI beside a training
+    run) can flip it; these tests check what the export does with either outcome, the benchmarks measure speed."""
+    from cof_export import fused
+
+    timing = lambda ms: fused.DecodeTiming(ms, 1.0, 64, 16)   # noqa: E731
+    return lambda plain, candidate, hidden: (timing(plain_ms), timing(fused_ms))
+
+
+def export_fused(model, out: Path, plain_ms: float, fused_ms: float) -> Path:
+    from cof_export import fused
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fused, "compare_speed", timed_at(plain_ms, fused_ms))
+        export_bundle(model, out, ExportConfig(precisions=("fp32",), fused=True, parity_steps=8))
+    return out
+
+
 @pytest.fixture(scope="module")
 def fused_bundle(tiny_models, tmp_path_factory):
-    out = tmp_path_factory.mktemp("fused") / "bundle"
-    export_bundle(tiny_models["small"], out, ExportConfig(precisions=("fp32",), fused=True, parity_steps=8))
-    return out
+    return export_fused(tiny_models["small"], tmp_path_factory.mktemp("fused") / "bundle", 10.0, 5.0)
 
 
 def test_fused_fp32_variant_is_recorded_gated_and_default(fused_bundle):
     bundle = load_bundle(fused_bundle, verify=True)
     record = bundle.exporter["fused"]["variants"]["fp32-fused"]
     assert record["kept"], record
-    assert record["decode_ms_per_token"] < record["plain_decode_ms_per_token"]
+    assert (record["decode_ms_per_token"], record["plain_decode_ms_per_token"], record["decode_speedup"]) == (5, 10, 2)
     assert bundle.variants["fp32-fused"] == {**bundle.variants["fp32"], "decoder": "decoder.fp32-fused"}
     graph = bundle.graphs["decoder.fp32-fused"]
     assert graph.flavour == "contrib" and graph.precision == "fp32" and graph.kind == "decoder"
@@ -35,6 +51,26 @@ def test_fused_fp32_variant_is_recorded_gated_and_default(fused_bundle):
     assert parity["gate"] == "fp32" and not parity["failures"]
     assert parity["greedy_identical"] and parity["top1_agreement"] == 1.0 and parity["logits_max_abs"] < 1e-4
     assert bundle.default_variant == "fp32-fused"   # only fp32 asked: the cpu default precision, fused
+
+
+def test_a_fused_decoder_not_measured_faster_is_dropped(tiny_models, tmp_path):
+    root = export_fused(tiny_models["small"], tmp_path / "bundle", 10.0, 15.0)
+    bundle = load_bundle(root, verify=True)
+    record = bundle.exporter["fused"]["variants"]["fp32-fused"]
+    assert not record["kept"] and "not faster" in record["reason"]
+    assert "fp32-fused" not in bundle.variants and "decoder.fp32-fused" not in bundle.graphs
+    assert bundle.default_variant == "fp32" and not list(root.glob("decoder.fp32-fused*"))
+
+
+def test_compare_speed_times_both_decoders_alike(fused_bundle):
+    from cof_export import fused
+
+    bundle = load_bundle(fused_bundle)
+    plain, candidate = fused.compare_speed(fused_bundle / bundle.graphs["decoder.fp32"].file,
+                                           fused_bundle / bundle.graphs["decoder.fp32-fused"].file,
+                                           bundle.text["hidden"], rounds=3)
+    assert plain.decode_ms_per_token > 0 and candidate.decode_ms_per_token > 0
+    assert (plain.prefill_tokens, plain.decode_tokens) == (candidate.prefill_tokens, candidate.decode_tokens) > (0, 0)
 
 
 def test_fused_decoder_honours_the_decoder_contract(fused_bundle):
@@ -166,8 +202,7 @@ def with_step_graph(fused_bundle, tmp_path, monkeypatch, step_ms: float):
     step_file = "decoder.fp32-fused-step.onnx"
     assert matmuls_8bit(root / bundle.graphs["decoder.fp32-fused"].file, root / step_file,
                         QuantSettings()) == 7 * bundle.text["layers"] + 1
-    timing = lambda ms: fused.DecodeTiming(ms, 1.0, 64, 16)   # noqa: E731
-    monkeypatch.setattr(fused, "compare_speed", lambda full, step, hidden: (timing(10.0), timing(step_ms)))
+    monkeypatch.setattr(fused, "compare_speed", timed_at(10.0, step_ms))
     record = {}
     fused._attach_step_decoder(root, bundle, "fp32-fused", step_file, bundle.text["hidden"], record)
     return root, bundle, step_file, record["step_decoder"]
