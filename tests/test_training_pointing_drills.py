@@ -106,12 +106,13 @@ def test_point_first_runs_on_the_fresh_decoder_before_the_text_stages(smoke, tmp
     from cof_training import answer_drills, pointing_drills, symbol_drills
 
     _, _, cache = smoke
-    work, stages, pointing_steps, answer_drilled = tmp_path / "work", [], [], []
+    work, stages, pointing_steps, answer_drilled, probed = tmp_path / "work", [], [], [], []
 
     def recording_warmed_init(init, out, stage, train, frozen_tower=False):
         stages.append((stage, init.name, frozen_tower))
-        if stage.startswith(("point", "answer", "symbol")):
-            train(None, work / "init")
+        report = train(None, work / "init") if stage.startswith(("point", "answer", "symbol")) else None
+        if stage.startswith("point"):
+            probed.append((stage, report))
         out.mkdir(parents=True, exist_ok=True)
         return out, {"stage": stage}
 
@@ -120,7 +121,9 @@ def test_point_first_runs_on_the_fresh_decoder_before_the_text_stages(smoke, tmp
 
     monkeypatch.setattr(train_default, "warmed_init", recording_warmed_init)
     monkeypatch.setattr(pointing_drills, "warm_up_pointing",
-                        lambda model, layout, processor, train, held, steps, *a, **k: pointing_steps.append(steps))
+                        lambda model, layout, processor, train, held, steps, *a, **k: pointing_steps.append(steps) or {})
+    monkeypatch.setattr(symbol_drills, "probe_symbols",
+                        lambda model, processor, train, held: {"held_out": len(held), "train": len(train)})
     monkeypatch.setattr(answer_drills, "warm_up_answers", recording_answers)
     monkeypatch.setattr(symbol_drills, "warm_up_symbols",
                         lambda model, processor, train, held, steps, **k: recording_answers(model, None, processor,
@@ -133,6 +136,10 @@ def test_point_first_runs_on_the_fresh_decoder_before_the_text_stages(smoke, tmp
                       ("drill_warmup", "init-pointed-first", True), ("point_warmup", "init-drilled", True),
                       ("answer_warmup", "init-pointed", True)]
     assert pointing_steps == [5, 7]
+    zooming_attribute = [c for c in read_cache(cache) if len(c.record["turns"]) > 1
+                         and c.record["category"] == "direct_attributes"]
+    assert probed == [("point_first", {"tower_symbol_probe": {"held_out": len(zooming_attribute), "train": 0}}),
+                      ("point_warmup", {})]                       # the smoke cache's scenes are all held out
     assert answer_drilled == [(2, {"direct_attributes"}), (4, {"direct_attributes"})]
 
 

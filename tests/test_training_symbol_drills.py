@@ -9,7 +9,8 @@ torch = pytest.importorskip("torch")
 
 from cof_edge.data.vsearch import SYMBOLS  # noqa: E402
 from cof_training.sft import image_processor_for  # noqa: E402
-from cof_training.symbol_drills import PATCH, symbol_batch, tag_surround, warm_up_symbols  # noqa: E402
+from cof_training.symbol_drills import (  # noqa: E402
+    PATCH, probe_symbols, symbol_batch, tag_surround, warm_up_symbols)
 
 
 def test_a_centred_patch_is_the_crop_around_the_asked_tag_labelled_with_its_symbol(smoke_zooming):
@@ -44,3 +45,18 @@ def test_symbol_warm_up_trains_the_tower_only(smoke_zooming):
     assert changed and all(".visual." in k for k in changed), sorted(changed)[:5]
     assert report["steps"] == 3 and 0.0 <= report["held_out_symbol_accuracy"] <= 1.0
     assert report["held_out_symbol_accuracy_before"] in (0.0, 1.0)         # one held-out patch
+
+
+def test_the_symbol_probe_fits_a_fresh_head_on_the_tower_as_it_is(smoke_zooming):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    _, models, zooming = smoke_zooming
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(models["small"], dtype=torch.float32).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loaders = [lambda t=t: t for t in zooming]
+    symbols = [tag_surround(t, 0)[1] for t in zooming]
+    report = probe_symbols(model, image_processor_for(models["small"]), loaders, loaders[:1])
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()) and model.training
+    assert report["train"] == len(zooming) and report["held_out"] == 1 and report["held_out_prior"] == 1.0
+    # a few distinct patches in a 96-wide feature space: a linear head separates them, the held-out one included
+    assert len(set(symbols)) > 1 and report["train_accuracy"] == report["held_out_accuracy"] == 1.0

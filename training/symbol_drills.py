@@ -6,7 +6,8 @@ class prior, training/README.md). A symbol drill is a 56x56 patch (2 x 2 merged 
 last crop, exactly as the runtime renders it, around the asked tag's centre, shifted by up to `jitter` px (the tag
 falls anywhere on the token grid in a real crop), labelled with the symbol the teacher's final reply names. A
 linear head on the mean of the patch's tokens trains with the tower and is then dropped. The patches are small, so
-a step costs ~0.1 s here where a whole-view drill costs ~1 s.
+a step costs ~0.1 s here where a whole-view drill costs ~1 s. `probe_symbols` asks the same of any tower without
+moving it: a fresh linear head on its frozen patch features (what a later stage left of the symbols).
 """
 
 from __future__ import annotations
@@ -95,3 +96,44 @@ def warm_up_symbols(model, image_processor, train: list, held: list, steps: int,
     return {"steps": steps, "batch_size": batch_size, "lr": lr, "jitter": jitter, "trajectories": len(train),
             "held_out": len(held), "held_out_symbol_accuracy_before": before,
             "held_out_symbol_accuracy": accuracy(), "wall_time_s": round(time.time() - t0, 1)}
+
+
+def patch_features(model, image_processor, loaders: list, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tower's mean token of each trajectory's centred patch, and the symbol: (n, out_hidden), (n,)."""
+    features, symbols = [], []
+    with torch.no_grad():
+        for i in range(0, len(loaders), batch_size):
+            batch = symbol_batch([tag_surround(load(), 0) for load in loaders[i:i + batch_size]], image_processor, None)
+            tokens = image_embeddings(model, batch).view(len(batch["symbol"]), -1, model.config.vision_config.out_hidden_size)
+            features.append(tokens.mean(1))
+            symbols.append(batch["symbol"])
+    return torch.cat(features), torch.cat(symbols)
+
+
+def probe_symbols(model, image_processor, train: list, held: list, steps: int = 500, lr: float = 1e-2,
+                  seed: int = 0) -> dict:
+    """How well the tower as it is tells the symbols apart: a fresh linear head on the (standardised) patch features
+    of `train`, fit full-batch, scored on `held` (loaders as for `warm_up_symbols`). The model is not changed."""
+    was_training = model.training
+    model.eval()
+    train_x, train_y = patch_features(model, image_processor, train)
+    held_x, held_y = patch_features(model, image_processor, held)
+    model.train(was_training)
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    train_x, held_x = (train_x - mean) / std, (held_x - mean) / std
+    head = torch.nn.Linear(train_x.shape[1], len(SYMBOLS))
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        head.reset_parameters()
+    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-3)
+    for _ in range(steps):
+        torch.nn.functional.cross_entropy(head(train_x), train_y).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        def accuracy(x, y):
+            return round(float((head(x).argmax(-1) == y).float().mean()), 3)
+
+        return {"train": len(train_y), "held_out": len(held_y), "train_accuracy": accuracy(train_x, train_y),
+                "held_out_accuracy": accuracy(held_x, held_y),
+                "held_out_prior": round(float(torch.bincount(held_y).max()) / len(held_y), 3)}

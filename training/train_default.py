@@ -150,37 +150,49 @@ def copied_init(init: Path, out: Path, cache: Path, preset, progress: bool = Tru
 
 def pointed_init(init: Path, out: Path, cache: Path, preset, progress: bool = True, held_out_scenes: int = 10,
                  held_out: int = 64, steps: int | None = None, stage: str = "point_warmup",
-                 frozen_tower: bool = False) -> tuple[Path, dict]:
+                 frozen_tower: bool = False, symbol_probe: bool = False) -> tuple[Path, dict]:
     """Stage 4 (training/pointing_drills.py): the box of each zooming trajectory's first reply, from its global view;
     up to `held_out` drills of the cache's last `held_out_scenes` scenes held out. `steps` (default
-    `preset.point_warmup_steps`) and `stage` (the report's name) let the same drills run before the text stages."""
+    `preset.point_warmup_steps`) and `stage` (the report's name) let the same drills run before the text stages.
+    `symbol_probe`: the report also holds `probe_symbols` of the tower after the drills (what they left of the
+    symbols that the symbol drills taught)."""
     from tokenizers import Tokenizer
 
     from cof_edge.protocol import TokenLayout
 
     from .pointing_drills import warm_up_pointing
     from .sft import image_processor_for
+    from .symbol_drills import probe_symbols
 
     def train(model, src):
         layout = TokenLayout(Tokenizer.from_file(str(src / "tokenizer.json")))
-        return warm_up_pointing(model, layout, image_processor_for(src), *zooming_split(cache, held_out_scenes, held_out),
-                                preset.point_warmup_steps if steps is None else steps, preset.point_batch_size,
-                                preset.lr, preset.budgets.system_prompt, seed=preset.seed, reset_every=preset.drill_reset_every,
-                                attention_weight=preset.point_attention_weight, progress=progress)
+        report = warm_up_pointing(model, layout, image_processor_for(src), *zooming_split(cache, held_out_scenes, held_out),
+                                  preset.point_warmup_steps if steps is None else steps, preset.point_batch_size,
+                                  preset.lr, preset.budgets.system_prompt, seed=preset.seed,
+                                  reset_every=preset.drill_reset_every, attention_weight=preset.point_attention_weight,
+                                  progress=progress)
+        if symbol_probe:
+            report["tower_symbol_probe"] = probe_symbols(model, image_processor_for(src), *symbol_split(cache))
+        return report
 
     return warmed_init(init, out, stage, train, frozen_tower=frozen_tower)
 
 
-def symbol_drilled_init(init: Path, out: Path, cache: Path, preset, progress: bool = True,
-                        held_out_scenes: int = 40, held_out: int = 256) -> tuple[Path, dict]:
+def symbol_split(cache: Path) -> tuple[list, list]:
+    """The zooming attribute trajectories that the symbol drills train on and hold out (the last 40 scenes, 256)."""
+    from .trajectories import ATTRIBUTE
+
+    return zooming_split(cache, 40, 256, category=ATTRIBUTE)
+
+
+def symbol_drilled_init(init: Path, out: Path, cache: Path, preset, progress: bool = True) -> tuple[Path, dict]:
     """Stage 1b (training/symbol_drills.py): the tower tells the symbols apart on the asked tags of the crops."""
     from .sft import image_processor_for
     from .symbol_drills import warm_up_symbols
-    from .trajectories import ATTRIBUTE
 
     return warmed_init(init, out, "symbol_warmup", lambda model, src: warm_up_symbols(
-        model, image_processor_for(src), *zooming_split(cache, held_out_scenes, held_out, category=ATTRIBUTE),
-        preset.symbol_warmup_steps, seed=preset.seed, progress=progress))
+        model, image_processor_for(src), *symbol_split(cache), preset.symbol_warmup_steps, seed=preset.seed,
+        progress=progress))
 
 
 def answered_init(init: Path, out: Path, cache: Path, preset, progress: bool = True, held_out_scenes: int = 40,
@@ -295,7 +307,7 @@ def main(argv=None, extra_callbacks=()) -> int:
     if preset.point_first_steps:  # a fresh decoder attends to the image; one trained on text first does not
         init, point_first_report = pointed_init(init, work / "init-pointed-first", cache, preset,
                                                 progress=not args.no_progress, steps=preset.point_first_steps,
-                                                stage="point_first")
+                                                stage="point_first", symbol_probe=bool(preset.symbol_warmup_steps))
         frozen = preset.freeze_tower
     if preset.drill_warmup_steps:
         init, warm_up_report = drilled_init(init, work / "init-drilled", cache, preset, progress=not args.no_progress,
