@@ -60,3 +60,5 @@ def test_the_symbol_probe_fits_a_fresh_head_on_the_tower_as_it_is(smoke_zooming)
     assert report["train"] == len(zooming) and report["held_out"] == 1 and report["held_out_prior"] == 1.0
     # a few distinct patches in a 96-wide feature space: a linear head separates them, the held-out one included
     assert len(set(symbols)) > 1 and report["train_accuracy"] == report["held_out_accuracy"] == 1.0
+    with pytest.raises(ValueError, match="to fit on and to hold out; got 0 and 1"):
+        probe_symbols(model, image_processor_for(models["small"]), [], loaders[:1])

@@ -114,6 +114,9 @@ def probe_symbols(model, image_processor, train: list, held: list, steps: int = 
                   seed: int = 0) -> dict:
     """How well the tower as it is tells the symbols apart: a fresh linear head on the (standardised) patch features
     of `train`, fit full-batch, scored on `held` (loaders as for `warm_up_symbols`). The model is not changed."""
+    if not train or not held:
+        raise ValueError(f"the symbol probe needs attribute trajectories that zoom, to fit on and to hold out; got "
+                         f"{len(train)} and {len(held)}")
     was_training = model.training
     model.eval()
     train_x, train_y = patch_features(model, image_processor, train)
