@@ -53,9 +53,14 @@ def symbol_batch(surrounds: list, image_processor, rng: random.Random | None) ->
     return {"pixel_values": out["pixel_values"], "grid": out["image_grid_thw"], "symbol": torch.tensor(symbols)}
 
 
+def patch_means(model, batch: dict) -> torch.Tensor:
+    """The tower's mean token of each patch in `batch`: (patches, out_hidden)."""
+    tokens = image_embeddings(model, batch)
+    return tokens.view(len(batch["symbol"]), -1, tokens.shape[-1]).mean(1)
+
+
 def symbol_logits(model, head: torch.nn.Linear, batch: dict) -> torch.Tensor:
-    tokens = image_embeddings(model, batch).view(len(batch["symbol"]), -1, head.in_features)
-    return head(tokens.mean(1))
+    return head(patch_means(model, batch))
 
 
 def warm_up_symbols(model, image_processor, train: list, held: list, steps: int, batch_size: int = 64,
@@ -104,8 +109,7 @@ def patch_features(model, image_processor, loaders: list, batch_size: int = 64) 
     with torch.no_grad():
         for i in range(0, len(loaders), batch_size):
             batch = symbol_batch([tag_surround(load(), 0) for load in loaders[i:i + batch_size]], image_processor, None)
-            tokens = image_embeddings(model, batch).view(len(batch["symbol"]), -1, model.config.vision_config.out_hidden_size)
-            features.append(tokens.mean(1))
+            features.append(patch_means(model, batch))
             symbols.append(batch["symbol"])
     return torch.cat(features), torch.cat(symbols)
 

@@ -165,14 +165,14 @@ def pointed_init(init: Path, out: Path, cache: Path, preset, progress: bool = Tr
     from .symbol_drills import probe_symbols
 
     def train(model, src):
-        layout = TokenLayout(Tokenizer.from_file(str(src / "tokenizer.json")))
-        report = warm_up_pointing(model, layout, image_processor_for(src), *zooming_split(cache, held_out_scenes, held_out),
+        layout, image_processor = TokenLayout(Tokenizer.from_file(str(src / "tokenizer.json"))), image_processor_for(src)
+        report = warm_up_pointing(model, layout, image_processor, *zooming_split(cache, held_out_scenes, held_out),
                                   preset.point_warmup_steps if steps is None else steps, preset.point_batch_size,
                                   preset.lr, preset.budgets.system_prompt, seed=preset.seed,
                                   reset_every=preset.drill_reset_every, attention_weight=preset.point_attention_weight,
                                   progress=progress)
         if symbol_probe:
-            report["tower_symbol_probe"] = probe_symbols(model, image_processor_for(src), *symbol_split(cache))
+            report["tower_symbol_probe"] = probe_symbols(model, image_processor, *symbol_split(cache))
         return report
 
     return warmed_init(init, out, stage, train, frozen_tower=frozen_tower)
