@@ -122,8 +122,8 @@ def test_point_first_runs_on_the_fresh_decoder_before_the_text_stages(smoke, tmp
     monkeypatch.setattr(train_default, "warmed_init", recording_warmed_init)
     monkeypatch.setattr(pointing_drills, "warm_up_pointing",
                         lambda model, layout, processor, train, held, steps, *a, **k: pointing_steps.append(steps) or {})
-    monkeypatch.setattr(symbol_drills, "probe_symbols",
-                        lambda model, processor, train, held: {"held_out": len(held), "train": len(train)})
+    monkeypatch.setattr(symbol_drills, "probe_symbols", lambda model, processor, train, held, in_context=False:
+                        {"held_out": len(held), "train": len(train), "in_context": in_context})
     monkeypatch.setattr(answer_drills, "warm_up_answers", recording_answers)
     monkeypatch.setattr(symbol_drills, "warm_up_symbols",
                         lambda model, processor, train, held, steps, **k: recording_answers(model, None, processor,
@@ -138,9 +138,64 @@ def test_point_first_runs_on_the_fresh_decoder_before_the_text_stages(smoke, tmp
     assert pointing_steps == [5, 7]
     zooming_attribute = [c for c in read_cache(cache) if len(c.record["turns"]) > 1
                          and c.record["category"] == "direct_attributes"]
-    assert probed == [("point_first", {"tower_symbol_probe": {"held_out": len(zooming_attribute), "train": 0}}),
+    probe = {"held_out": len(zooming_attribute), "train": 0}
+    assert probed == [("point_first", {"tower_symbol_probe": {**probe, "in_context": False},
+                                       "tower_symbol_probe_in_context": {**probe, "in_context": True}}),
                       ("point_warmup", {})]                       # the smoke cache's scenes are all held out
     assert answer_drilled == [(2, {"direct_attributes"}), (4, {"direct_attributes"})]
+
+
+def test_pointing_drills_with_the_symbol_loss_train_its_head_and_move_the_tower_with_it(smoke, monkeypatch):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from cof_training import symbol_drills
+    from cof_training.pointing_drills import warm_up_pointing
+
+    _, models, cache = smoke
+    layout = TokenLayout(Tokenizer.from_file(str(models["small"] / "tokenizer.json")))
+    processor, heads = image_processor_for(models["small"]), []
+    zooming = [c.load for c in read_cache(cache) if len(c.record["turns"]) > 1]
+
+    class RecordedSymbolLoss(symbol_drills.SymbolLoss):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            heads.append((self.head, self.head.weight.detach().clone()))
+
+    monkeypatch.setattr(symbol_drills, "SymbolLoss", RecordedSymbolLoss)
+
+    def tower_after(symbol_weight: float) -> tuple[dict, dict]:
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(models["small"], dtype=torch.float32)
+        report = warm_up_pointing(model, layout, processor, zooming[1:], zooming[:1], 3, 2, 3e-3,
+                                  symbol_train=zooming, symbol_weight=symbol_weight, progress=False)
+        return report, {k: v.detach().clone() for k, v in model.model.visual.named_parameters()}
+
+    plain_report, plain = tower_after(0.0)
+    assert not heads and plain_report["symbol_weight"] == 0.0
+    assert all(torch.equal(plain[k], v) for k, v in tower_after(0.0)[1].items())     # the drills are deterministic
+    joint_report, joint = tower_after(1.0)
+    (head, head_before), = heads
+    assert joint_report["symbol_weight"] == 1.0 and not torch.equal(head.weight, head_before)
+    assert any(not torch.equal(plain[k], joint[k]) for k in plain)
+
+
+def test_point_first_with_the_symbol_loss_trains_and_probes_on_the_symbol_split(smoke, tmp_path, monkeypatch):
+    import cof_training.train_default as train_default
+    from cof_training import pointing_drills, symbol_drills
+
+    _, _, cache = smoke
+    work, pointed, probed = tmp_path / "work", [], []
+    monkeypatch.setattr(train_default, "symbol_split", lambda cache: (["train"], ["held"]))
+    monkeypatch.setattr(train_default, "warmed_init", lambda init, out, stage, train, frozen_tower=False:
+                        (out, train(None, work / "init")))
+    monkeypatch.setattr(pointing_drills, "warm_up_pointing", lambda *a, **k: pointed.append(
+        (a[5], k["symbol_train"], k["symbol_weight"], k["symbol_in_context"])) or {})
+    monkeypatch.setattr(symbol_drills, "probe_symbols", lambda model, processor, train, held, in_context=False:
+                        probed.append((train, held, in_context)) or {})
+    assert train_default.main(["--preset", "smoke", "--work-dir", str(work), "--cache", str(cache), "--warm-up-only",
+                               "--no-progress", "--set", "point_first_steps=5", "--set", "point_symbol_weight=0.5",
+                               "--set", "point_symbol_in_context=true"]) == 0
+    assert pointed == [(5, ["train"], 0.5, True)]
+    assert probed == [(["train"], ["held"], False), (["train"], ["held"], True)]
 
 
 def test_a_frozen_tower_stays_as_it_was_while_the_decoder_learns(smoke, tmp_path):

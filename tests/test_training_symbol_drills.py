@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 from cof_edge.data.vsearch import SYMBOLS  # noqa: E402
 from cof_training.sft import image_processor_for  # noqa: E402
 from cof_training.symbol_drills import (  # noqa: E402
-    PATCH, probe_symbols, symbol_batch, tag_surround, warm_up_symbols)
+    PATCH, SymbolLoss, crop_batch, patch_means, probe_symbols, symbol_batch, tag_surround, tag_tokens, warm_up_symbols)
 
 
 def test_a_centred_patch_is_the_crop_around_the_asked_tag_labelled_with_its_symbol(smoke_zooming):
@@ -60,5 +60,53 @@ def test_the_symbol_probe_fits_a_fresh_head_on_the_tower_as_it_is(smoke_zooming)
     assert report["train"] == len(zooming) and report["held_out"] == 1 and report["held_out_prior"] == 1.0
     # a few distinct patches in a 96-wide feature space: a linear head separates them, the held-out one included
     assert len(set(symbols)) > 1 and report["train_accuracy"] == report["held_out_accuracy"] == 1.0
+    in_context = probe_symbols(model, image_processor_for(models["small"]), loaders, loaders[:1], in_context=True)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()) and model.training
+    assert in_context["train"] == len(zooming) and in_context["train_accuracy"] == 1.0
     with pytest.raises(ValueError, match="to fit on and to hold out; got 0 and 1"):
         probe_symbols(model, image_processor_for(models["small"]), [], loaders[:1])
+
+
+def test_in_context_the_tag_tokens_are_the_crops_merged_tokens_about_the_tag(smoke_zooming):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from cof_edge.geometry import FACTOR
+    from cof_training.vision_drills import image_embeddings
+
+    _, models, zooming = smoke_zooming
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(models["small"], dtype=torch.float32).eval()
+    processor = image_processor_for(models["small"])
+    items = [tag_tokens(traj) for traj in zooming[:2]]
+    for traj, (crop, tokens, symbol) in zip(zooming, items):
+        assert crop is traj.images[-1] and symbol == tag_surround(traj, 0)[1] and 1 <= len(tokens) <= 4
+        x1, y1, x2, y2 = traj.views[-1].from_original(traj.targets[0])
+        cols = crop.size[0] // FACTOR
+        cells = {(i % cols, i // cols) for i in tokens}
+        assert (int((x1 + x2) / 2 // FACTOR), int((y1 + y2) / 2 // FACTOR)) in cells      # the centre's own token
+        columns, rows = {c for c, _ in cells}, {r for _, r in cells}
+        assert max(columns) - min(columns) <= 1 and max(rows) - min(rows) <= 1
+    with torch.no_grad():
+        together = patch_means(model, crop_batch(items, processor))
+        for row, item in enumerate(items):       # a batch of crops: each crop's tag tokens, as alone
+            alone = crop_batch([item], processor)
+            expected = image_embeddings(model, alone)[item[1]].mean(0)
+            assert torch.allclose(together[row], expected, atol=1e-5)
+    assert together.shape == (2, model.config.vision_config.out_hidden_size)
+
+
+@pytest.mark.parametrize("in_context", [False, True])
+def test_the_symbol_loss_trains_its_head_and_the_tower_alone(smoke_zooming, in_context):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    _, models, zooming = smoke_zooming
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(models["small"], dtype=torch.float32)
+    processor = image_processor_for(models["small"])
+    objective = SymbolLoss(model, processor, [lambda t=t: t for t in zooming], batch_size=2, progress=False,
+                           in_context=in_context)
+    loss = objective(model)
+    loss.backward()
+    moved = {k for k, v in model.named_parameters() if v.grad is not None and bool(v.grad.abs().sum() > 0)}
+    assert float(loss) > 0 and moved and all(".visual." in k for k in moved), sorted(moved)[:5]
+    assert bool(objective.head.weight.grad.abs().sum() > 0)
+    with pytest.raises(ValueError, match="to train on; got none"):
+        SymbolLoss(model, processor, [], progress=False)

@@ -57,11 +57,12 @@ def lookup_loss(model, batch: dict) -> float:
 
 
 def drill_loop(model, batch, train: list, steps: int, batch_size: int, lr: float, seed: int, desc: str,
-               progress: bool = True, reset_every: int = 0, loss=None) -> None:
+               progress: bool = True, reset_every: int = 0, loss=None, extra_parameters: list = ()) -> None:
     """The drills' training loop: AdamW on `batch(loaders)` of `batch_size` loaders sampled from `train` (seeded
     `seed` + 1), `steps` times; the running loss on the progress bar. `reset_every` > 0 starts a fresh AdamW every
     that many steps: its moments reset, which is what took the box copy off its plateau (training/README.md).
-    `loss(model, batch)` replaces the model's own loss."""
+    `loss(model, batch)` replaces the model's own loss; `extra_parameters` (a loss's own head) train with the
+    model's."""
     from tqdm.auto import tqdm
 
     rng = random.Random(seed + 1)
@@ -69,7 +70,7 @@ def drill_loop(model, batch, train: list, steps: int, batch_size: int, lr: float
     bar, running = tqdm(range(steps), desc=desc, disable=not progress), None
     for step in bar:
         if step == 0 or (reset_every and step % reset_every == 0):
-            optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+            optimizer = torch.optim.AdamW([*model.parameters(), *extra_parameters], lr=lr, weight_decay=0.01)
         drills = batch(rng.sample(train, min(batch_size, len(train))))
         objective = loss(model, drills) if loss else model(**drills).loss
         objective.backward()

@@ -194,7 +194,7 @@ def eager_attention(model):
 
 def _box_drills(model, layout: TokenLayout, example, desc: str, train: list, held: list, steps: int,
                 batch_size: int, lr: float, seed: int, reset_every: int, progress: bool, diagnose=None,
-                loss=None) -> dict:
+                loss=None, extra_parameters: list = ()) -> dict:
     """`drill_loop` on `example(trajectory)` batches (with `loss`, if given); the held-out box scores (and
     `diagnose(model, held examples)`) before and after, and the wall time."""
     if not train or not held:
@@ -211,7 +211,8 @@ def _box_drills(model, layout: TokenLayout, example, desc: str, train: list, hel
     held_examples, t0 = [example(load()) for load in held], time.time()
     held_batch = pad(held_examples)
     before = scores()
-    drill_loop(model, batch, train, steps, batch_size, lr, seed, desc, progress, reset_every=reset_every, loss=loss)
+    drill_loop(model, batch, train, steps, batch_size, lr, seed, desc, progress, reset_every=reset_every, loss=loss,
+               extra_parameters=extra_parameters)
     after = scores()
     return {"steps": steps, "batch_size": batch_size, "lr": lr, "reset_every": reset_every,
             "trajectories": len(train), "held_out": len(held),
@@ -229,23 +230,37 @@ def warm_up_copy(model, layout: TokenLayout, train: list, held: list, steps: int
 
 def warm_up_pointing(model, layout: TokenLayout, image_processor, train: list, held: list, steps: int,
                      batch_size: int, lr: float, system_prompt: str | None = None, seed: int = 0,
-                     reset_every: int = 0, attention_weight: float = 0.0, progress: bool = True) -> dict:
+                     reset_every: int = 0, attention_weight: float = 0.0, symbol_train: list = (),
+                     symbol_weight: float = 0.0, symbol_in_context: bool = False, progress: bool = True) -> dict:
     """Train `model` (tower and decoder) on pointing drills. `train` and `held`: zero-argument loaders
     (`CachedTrajectory.load`) of zooming trajectories, of different scenes (a scene's tags are where they are at
     every resolution and in every question). `attention_weight` > 0 adds `box_attention_loss` (head 0 of every
-    decoder layer but the first) times it, run with eager attention. Returns the held-out box scores and
-    `box_attention` before and after, the wall time and the attention weight."""
+    decoder layer but the first) times it, run with eager attention. `symbol_weight` > 0 adds the symbol drills'
+    loss (`symbol_drills.SymbolLoss` on `symbol_train`, loaders of zooming attribute trajectories) times it, so that
+    the tower learns the box's features without losing the symbols (`symbol_in_context`: on `batch_size` whole crops,
+    the tag's tokens as the reply reads them, not 64 tag patches alone). Returns the held-out box scores and
+    `box_attention` before and after, the wall time and the weights."""
+    from .symbol_drills import SymbolLoss
+
     numbers = number_token_ids(layout)
     layers = range(1, model.config.text_config.num_hidden_layers)
+    symbols = SymbolLoss(model, image_processor, symbol_train, batch_size if symbol_in_context else 64, seed=seed,
+                         progress=progress, in_context=symbol_in_context) if symbol_weight else None
 
-    def supervised(model, batch):
-        out = model(**batch, output_attentions=True)
-        return out.loss + attention_weight * box_attention_loss(model, layout, batch, out.attentions, layers)
+    def objective(model, batch):
+        if attention_weight:
+            out = model(**batch, output_attentions=True)
+            loss = out.loss + attention_weight * box_attention_loss(model, layout, batch, out.attentions, layers)
+        else:
+            loss = model(**batch).loss
+        return loss + symbol_weight * symbols(model) if symbols else loss
 
     with eager_attention(model) if attention_weight else contextlib.nullcontext():
         report = _box_drills(model, layout,
                              lambda traj: pointing_example(layout, image_processor, traj, numbers, system_prompt),
                              "pointing drills", train, held, steps, batch_size, lr, seed, reset_every, progress,
                              diagnose=lambda m, examples: box_attention(m, layout, examples[:16]),
-                             loss=supervised if attention_weight else None)
-    return {**report, "attention_weight": attention_weight}
+                             loss=objective if attention_weight or symbols else None,
+                             extra_parameters=list(symbols.head.parameters()) if symbols else [])
+    return {**report, "attention_weight": attention_weight, "symbol_weight": symbol_weight,
+            "symbol_in_context": symbol_in_context}

@@ -8,6 +8,8 @@ falls anywhere on the token grid in a real crop), labelled with the symbol the t
 linear head on the mean of the patch's tokens trains with the tower and is then dropped. The patches are small, so
 a step costs ~0.1 s here where a whole-view drill costs ~1 s. `probe_symbols` asks the same of any tower without
 moving it: a fresh linear head on its frozen patch features (what a later stage left of the symbols).
+`SymbolLoss` is the drills' objective alone, so that a stage that trains the tower for something else (the first
+pointing drills, `Preset.point_symbol_weight`) can add it to its own loss and keep the symbols.
 """
 
 from __future__ import annotations
@@ -27,18 +29,24 @@ from .vision_drills import image_embeddings
 PATCH = 2 * FACTOR
 
 
-def tag_surround(traj: Trajectory, jitter: float):
-    """The asked tag's surroundings in the last crop, wide enough for a `PATCH` shifted by up to `jitter`, and the
-    index of the symbol that the final reply names."""
+def asked_tag(traj: Trajectory) -> tuple[float, float, int]:
+    """The asked tag's centre in the last crop's pixels, and the index of the symbol that the final reply names."""
     symbol = SYMBOL.search(traj.turns[-1])
     if symbol is None or not traj.targets:
         raise ValueError("a symbol drill needs an attribute trajectory that names the symbol, with its `targets` "
                          "(a cache written before they were recorded has none: rebuild it)")
     x1, y1, x2, y2 = traj.views[-1].from_original(traj.targets[0])
+    return (x1 + x2) / 2, (y1 + y2) / 2, SYMBOLS.index(symbol.group(1))
+
+
+def tag_surround(traj: Trajectory, jitter: float):
+    """The asked tag's surroundings in the last crop, wide enough for a `PATCH` shifted by up to `jitter`, and the
+    index of the symbol that the final reply names."""
+    x, y, symbol = asked_tag(traj)
     half = PATCH / 2 + jitter
-    left, top = round((x1 + x2) / 2 - half), round((y1 + y2) / 2 - half)
+    left, top = round(x - half), round(y - half)
     side = round(2 * half)
-    return traj.images[-1].crop((left, top, left + side, top + side)), SYMBOLS.index(symbol.group(1))
+    return traj.images[-1].crop((left, top, left + side, top + side)), symbol
 
 
 def symbol_batch(surrounds: list, image_processor, rng: random.Random | None) -> dict:
@@ -53,14 +61,62 @@ def symbol_batch(surrounds: list, image_processor, rng: random.Random | None) ->
     return {"pixel_values": out["pixel_values"], "grid": out["image_grid_thw"], "symbol": torch.tensor(symbols)}
 
 
+def tag_tokens(traj: Trajectory) -> tuple:
+    """The last crop as the runtime renders it, the indices of its merged tokens under the asked tag (those within
+    one token of its centre on both axes: the `PATCH` about it), and the symbol's index."""
+    x, y, symbol = asked_tag(traj)
+    crop = traj.images[-1]
+    cols, rows = crop.size[0] // FACTOR, crop.size[1] // FACTOR
+    tokens = [row * cols + col for row in range(rows) for col in range(cols)
+              if abs((col + 0.5) * FACTOR - x) < FACTOR and abs((row + 0.5) * FACTOR - y) < FACTOR]
+    return crop, tokens, symbol
+
+
+def crop_batch(items: list, image_processor) -> dict:
+    """Whole crops (`tag_tokens` items): the tower sees the tag in its context, as the reply does."""
+    out = image_processor(images=[crop for crop, _, _ in items], do_resize=False, return_tensors="pt")
+    return {"pixel_values": out["pixel_values"], "grid": out["image_grid_thw"],
+            "tokens": [tokens for _, tokens, _ in items], "symbol": torch.tensor([symbol for _, _, symbol in items])}
+
+
 def patch_means(model, batch: dict) -> torch.Tensor:
-    """The tower's mean token of each patch in `batch`: (patches, out_hidden)."""
+    """The tower's mean token of each patch in `batch` (`symbol_batch`), or of each crop's tag tokens (`crop_batch`):
+    (items, out_hidden)."""
     tokens = image_embeddings(model, batch)
+    if "tokens" in batch:
+        merged = model.config.vision_config.spatial_merge_size ** 2
+        per_image = tokens.split((batch["grid"].prod(-1) // merged).tolist())
+        return torch.stack([image[index].mean(0) for image, index in zip(per_image, batch["tokens"])])
     return tokens.view(len(batch["symbol"]), -1, tokens.shape[-1]).mean(1)
 
 
 def symbol_logits(model, head: torch.nn.Linear, batch: dict) -> torch.Tensor:
     return head(patch_means(model, batch))
+
+
+class SymbolLoss:
+    """The symbol drills' objective, to train alone or as a term of another stage's loss: cross-entropy of a fresh
+    linear head (`head`, to be optimised with the tower) on `batch_size` patches of `train`'s crops, sampled and
+    shifted by up to `jitter` px with `random.Random(seed)`, at each call. `in_context`: on `batch_size` whole crops
+    instead, the head on the tag's tokens (`tag_tokens`), as the reply reads them."""
+
+    def __init__(self, model, image_processor, train: list, batch_size: int = 64, jitter: float = FACTOR / 2,
+                 seed: int = 0, progress: bool = True, in_context: bool = False):
+        from tqdm.auto import tqdm
+
+        if not train:
+            raise ValueError("the symbol loss needs attribute trajectories that zoom, to train on; got none")
+        cut = (lambda traj: tag_tokens(traj)) if in_context else (lambda traj: tag_surround(traj, jitter))
+        self.items = [cut(load()) for load in tqdm(train, desc="symbol drills: cutting", disable=not progress)]
+        self.image_processor, self.batch_size, self.rng = image_processor, batch_size, random.Random(seed)
+        self.in_context = in_context
+        self.head = torch.nn.Linear(model.config.vision_config.out_hidden_size, len(SYMBOLS))
+
+    def __call__(self, model) -> torch.Tensor:
+        items = self.rng.sample(self.items, min(self.batch_size, len(self.items)))
+        batch = crop_batch(items, self.image_processor) if self.in_context else symbol_batch(
+            items, self.image_processor, self.rng)
+        return torch.nn.functional.cross_entropy(symbol_logits(model, self.head, batch), batch["symbol"])
 
 
 def warm_up_symbols(model, image_processor, train: list, held: list, steps: int, batch_size: int = 64,
@@ -73,25 +129,23 @@ def warm_up_symbols(model, image_processor, train: list, held: list, steps: int,
     if not train or not held:
         raise ValueError(f"symbol drills need attribute trajectories that zoom, to train on and to hold out; got "
                          f"{len(train)} and {len(held)}")
-    t0, rng = time.time(), random.Random(seed)
-    train_surrounds = [tag_surround(load(), jitter) for load in tqdm(train, desc="symbol drills: cutting",
-                                                                     disable=not progress)]
+    t0 = time.time()
+    objective = SymbolLoss(model, image_processor, train, batch_size, jitter, seed, progress)
     held_batch = symbol_batch([tag_surround(load(), jitter) for load in held], image_processor, None)
-    head = torch.nn.Linear(model.config.vision_config.out_hidden_size, len(SYMBOLS))
 
     def accuracy() -> float:
         model.eval()
         with torch.no_grad():
-            right = symbol_logits(model, head, held_batch).argmax(-1) == held_batch["symbol"]
+            right = symbol_logits(model, objective.head, held_batch).argmax(-1) == held_batch["symbol"]
         return round(float(right.float().mean()), 3)
 
     before = accuracy()
-    optimizer = torch.optim.AdamW([*model.model.visual.parameters(), *head.parameters()], lr=lr, weight_decay=0.01)
+    optimizer = torch.optim.AdamW([*model.model.visual.parameters(), *objective.head.parameters()], lr=lr,
+                                  weight_decay=0.01)
     model.train()
     bar, running = tqdm(range(steps), desc="symbol drills", disable=not progress), None
     for step in bar:
-        batch = symbol_batch(rng.sample(train_surrounds, min(batch_size, len(train_surrounds))), image_processor, rng)
-        loss = torch.nn.functional.cross_entropy(symbol_logits(model, head, batch), batch["symbol"])
+        loss = objective(model)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -103,28 +157,33 @@ def warm_up_symbols(model, image_processor, train: list, held: list, steps: int,
             "held_out_symbol_accuracy": accuracy(), "wall_time_s": round(time.time() - t0, 1)}
 
 
-def patch_features(model, image_processor, loaders: list, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """The tower's mean token of each trajectory's centred patch, and the symbol: (n, out_hidden), (n,)."""
+def patch_features(model, image_processor, loaders: list, batch_size: int = 64,
+                   in_context: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tower's mean token of each trajectory's centred patch (`in_context`: of its tag's tokens in the whole
+    crop), and the symbol: (n, out_hidden), (n,)."""
     features, symbols = [], []
     with torch.no_grad():
         for i in range(0, len(loaders), batch_size):
-            batch = symbol_batch([tag_surround(load(), 0) for load in loaders[i:i + batch_size]], image_processor, None)
+            trajs = [load() for load in loaders[i:i + batch_size]]
+            batch = (crop_batch([tag_tokens(t) for t in trajs], image_processor) if in_context
+                     else symbol_batch([tag_surround(t, 0) for t in trajs], image_processor, None))
             features.append(patch_means(model, batch))
             symbols.append(batch["symbol"])
     return torch.cat(features), torch.cat(symbols)
 
 
 def probe_symbols(model, image_processor, train: list, held: list, steps: int = 500, lr: float = 1e-2,
-                  seed: int = 0) -> dict:
+                  seed: int = 0, in_context: bool = False) -> dict:
     """How well the tower as it is tells the symbols apart: a fresh linear head on the (standardised) patch features
-    of `train`, fit full-batch, scored on `held` (loaders as for `warm_up_symbols`). The model is not changed."""
+    of `train` (`in_context`: the tag's tokens in the whole crop, what the reply reads), fit full-batch, scored on
+    `held` (loaders as for `warm_up_symbols`). The model is not changed."""
     if not train or not held:
         raise ValueError(f"the symbol probe needs attribute trajectories that zoom, to fit on and to hold out; got "
                          f"{len(train)} and {len(held)}")
     was_training = model.training
     model.eval()
-    train_x, train_y = patch_features(model, image_processor, train)
-    held_x, held_y = patch_features(model, image_processor, held)
+    train_x, train_y = patch_features(model, image_processor, train, in_context=in_context)
+    held_x, held_y = patch_features(model, image_processor, held, in_context=in_context)
     model.train(was_training)
     mean, std = train_x.mean(0), train_x.std(0) + 1e-6
     train_x, held_x = (train_x - mean) / std, (held_x - mean) / std

@@ -150,12 +150,15 @@ def copied_init(init: Path, out: Path, cache: Path, preset, progress: bool = Tru
 
 def pointed_init(init: Path, out: Path, cache: Path, preset, progress: bool = True, held_out_scenes: int = 10,
                  held_out: int = 64, steps: int | None = None, stage: str = "point_warmup",
-                 frozen_tower: bool = False, symbol_probe: bool = False) -> tuple[Path, dict]:
+                 frozen_tower: bool = False, symbol_probe: bool = False,
+                 symbol_weight: float = 0.0) -> tuple[Path, dict]:
     """Stage 4 (training/pointing_drills.py): the box of each zooming trajectory's first reply, from its global view;
     up to `held_out` drills of the cache's last `held_out_scenes` scenes held out. `steps` (default
     `preset.point_warmup_steps`) and `stage` (the report's name) let the same drills run before the text stages.
     `symbol_probe`: the report also holds `probe_symbols` of the tower after the drills (what they left of the
-    symbols that the symbol drills taught)."""
+    symbols that the symbol drills taught), on tag patches alone and in context (`tower_symbol_probe_in_context`:
+    the tag's tokens in the whole crop, as the reply reads them). `symbol_weight` > 0: each step also trains the
+    symbol drills' loss on their split (`symbol_split`), times it (in context if `preset.point_symbol_in_context`)."""
     from tokenizers import Tokenizer
 
     from cof_edge.protocol import TokenLayout
@@ -166,13 +169,16 @@ def pointed_init(init: Path, out: Path, cache: Path, preset, progress: bool = Tr
 
     def train(model, src):
         layout, image_processor = TokenLayout(Tokenizer.from_file(str(src / "tokenizer.json"))), image_processor_for(src)
+        symbols = symbol_split(cache) if symbol_probe or symbol_weight else None
         report = warm_up_pointing(model, layout, image_processor, *zooming_split(cache, held_out_scenes, held_out),
                                   preset.point_warmup_steps if steps is None else steps, preset.point_batch_size,
                                   preset.lr, preset.budgets.system_prompt, seed=preset.seed,
                                   reset_every=preset.drill_reset_every, attention_weight=preset.point_attention_weight,
-                                  progress=progress)
+                                  symbol_train=symbols[0] if symbol_weight else (), symbol_weight=symbol_weight,
+                                  symbol_in_context=preset.point_symbol_in_context, progress=progress)
         if symbol_probe:
-            report["tower_symbol_probe"] = probe_symbols(model, image_processor, *symbol_split(cache))
+            report["tower_symbol_probe"] = probe_symbols(model, image_processor, *symbols)
+            report["tower_symbol_probe_in_context"] = probe_symbols(model, image_processor, *symbols, in_context=True)
         return report
 
     return warmed_init(init, out, stage, train, frozen_tower=frozen_tower)
@@ -305,9 +311,11 @@ def main(argv=None, extra_callbacks=()) -> int:
                                                   progress=not args.no_progress)
     frozen = False  # preset.freeze_tower: pointing needs the tower to learn with the decoder, so only after it
     if preset.point_first_steps:  # a fresh decoder attends to the image; one trained on text first does not
-        init, point_first_report = pointed_init(init, work / "init-pointed-first", cache, preset,
-                                                progress=not args.no_progress, steps=preset.point_first_steps,
-                                                stage="point_first", symbol_probe=bool(preset.symbol_warmup_steps))
+        init, point_first_report = pointed_init(
+            init, work / "init-pointed-first", cache, preset, progress=not args.no_progress,
+            steps=preset.point_first_steps, stage="point_first",
+            symbol_probe=bool(preset.symbol_warmup_steps or preset.point_symbol_weight),
+            symbol_weight=preset.point_symbol_weight)
         frozen = preset.freeze_tower
     if preset.drill_warmup_steps:
         init, warm_up_report = drilled_init(init, work / "init-drilled", cache, preset, progress=not args.no_progress,
