@@ -106,7 +106,7 @@ class SymbolLoss:
 
         if not train:
             raise ValueError("the symbol loss needs attribute trajectories that zoom, to train on; got none")
-        cut = (lambda traj: tag_tokens(traj)) if in_context else (lambda traj: tag_surround(traj, jitter))
+        cut = tag_tokens if in_context else (lambda traj: tag_surround(traj, jitter))
         self.items = [cut(load()) for load in tqdm(train, desc="symbol drills: cutting", disable=not progress)]
         self.image_processor, self.batch_size, self.rng = image_processor, batch_size, random.Random(seed)
         self.in_context = in_context
