@@ -126,8 +126,8 @@ def test_point_first_runs_on_the_fresh_decoder_before_the_text_stages(smoke, tmp
                         {"held_out": len(held), "train": len(train), "in_context": in_context})
     monkeypatch.setattr(answer_drills, "warm_up_answers", recording_answers)
     monkeypatch.setattr(symbol_drills, "warm_up_symbols",
-                        lambda model, processor, train, held, steps, **k: recording_answers(model, None, processor,
-                                                                                             train, held, steps))
+                        lambda model, processor, train, held, steps, batch_size, **k: recording_answers(
+                            model, None, processor, train, held, steps))
     assert train_default.main(["--preset", "smoke", "--work-dir", str(work), "--cache", str(cache), "--warm-up-only",
                                "--no-progress", "--set", "point_first_steps=5", "--set", "drill_warmup_steps=3",
                                "--set", "point_warmup_steps=7", "--set", "symbol_warmup_steps=2",
@@ -166,7 +166,8 @@ def test_pointing_drills_with_the_symbol_loss_train_its_head_and_move_the_tower_
     def tower_after(symbol_weight: float) -> tuple[dict, dict]:
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(models["small"], dtype=torch.float32)
         report = warm_up_pointing(model, layout, processor, zooming[1:], zooming[:1], 3, 2, 3e-3,
-                                  symbol_train=zooming, symbol_weight=symbol_weight, progress=False)
+                                  symbol_items=symbol_drills.symbol_items(zooming, progress=False),
+                                  symbol_weight=symbol_weight, progress=False)
         return report, {k: v.detach().clone() for k, v in model.model.visual.named_parameters()}
 
     plain_report, plain = tower_after(0.0)
@@ -187,15 +188,39 @@ def test_point_first_with_the_symbol_loss_trains_and_probes_on_the_symbol_split(
     monkeypatch.setattr(train_default, "symbol_split", lambda cache: (["train"], ["held"]))
     monkeypatch.setattr(train_default, "warmed_init", lambda init, out, stage, train, frozen_tower=False:
                         (out, train(None, work / "init")))
+    monkeypatch.setattr(symbol_drills, "symbol_items", lambda train, in_context, progress: [(train, in_context)])
     monkeypatch.setattr(pointing_drills, "warm_up_pointing", lambda *a, **k: pointed.append(
-        (a[5], k["symbol_train"], k["symbol_weight"], k["symbol_in_context"])) or {})
+        (a[5], k["symbol_items"], k["symbol_weight"], k["symbol_in_context"])) or {})
     monkeypatch.setattr(symbol_drills, "probe_symbols", lambda model, processor, train, held, in_context=False:
                         probed.append((train, held, in_context)) or {})
     assert train_default.main(["--preset", "smoke", "--work-dir", str(work), "--cache", str(cache), "--warm-up-only",
                                "--no-progress", "--set", "point_first_steps=5", "--set", "point_symbol_weight=0.5",
                                "--set", "point_symbol_in_context=true"]) == 0
-    assert pointed == [(5, ["train"], 0.5, True)]
+    assert pointed == [(5, [(["train"], True)], 0.5, True)]
     assert probed == [(["train"], ["held"], False), (["train"], ["held"], True)]
+
+
+def test_rendered_symbol_drills_are_rendered_once_and_train_every_tower_stage_in_context(smoke, tmp_path, monkeypatch):
+    import cof_training.train_default as train_default
+    from cof_training import pointing_drills, symbol_drills
+
+    _, _, cache = smoke
+    work, rendered, trained = tmp_path / "work", [], []
+    monkeypatch.setattr(train_default, "symbol_split", lambda cache: (["train"], ["held"]))
+    monkeypatch.setattr(train_default, "warmed_init", lambda init, out, stage, train, frozen_tower=False:
+                        (out, train(None, work / "init")))
+    monkeypatch.setattr(symbol_drills, "rendered_tag_crops", lambda preset, scenes, seed, progress: rendered.append(
+        scenes) or [("crop", [0], 1)] * scenes)
+    monkeypatch.setattr(symbol_drills, "warm_up_symbols", lambda model, processor, items, held, steps, batch_size,
+                        **k: trained.append(("symbols", len(items), held, batch_size, k["in_context"])) or {})
+    monkeypatch.setattr(pointing_drills, "warm_up_pointing", lambda *a, **k: trained.append(
+        ("pointing", len(k["symbol_items"]), k["symbol_in_context"])) or {})
+    monkeypatch.setattr(symbol_drills, "probe_symbols", lambda *a, **k: {})
+    assert train_default.main(["--preset", "smoke", "--work-dir", str(work), "--cache", str(cache), "--warm-up-only",
+                               "--no-progress", "--set", "symbol_warmup_steps=3", "--set", "symbol_scenes=7",
+                               "--set", "point_first_steps=5", "--set", "point_symbol_weight=1"]) == 0
+    assert rendered == [7]
+    assert trained == [("symbols", 7, ["held"], 16, True), ("pointing", 7, True)]     # 16 crops a step, as pointing
 
 
 def test_a_frozen_tower_stays_as_it_was_while_the_decoder_learns(smoke, tmp_path):

@@ -10,7 +10,8 @@ torch = pytest.importorskip("torch")
 from cof_edge.data.vsearch import SYMBOLS  # noqa: E402
 from cof_training.sft import image_processor_for  # noqa: E402
 from cof_training.symbol_drills import (  # noqa: E402
-    PATCH, SymbolLoss, crop_batch, patch_means, probe_symbols, symbol_batch, tag_surround, tag_tokens, warm_up_symbols)
+    PATCH, SymbolLoss, crop_batch, patch_means, probe_symbols, rendered_tag_crops, symbol_batch, symbol_items,
+    tag_surround, tag_tokens, warm_up_symbols)
 
 
 def test_a_centred_patch_is_the_crop_around_the_asked_tag_labelled_with_its_symbol(smoke_zooming):
@@ -39,12 +40,19 @@ def test_symbol_warm_up_trains_the_tower_only(smoke_zooming):
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
     before = {k: v.clone() for k, v in model.named_parameters()}
     loaders = [lambda t=t: t for t in zooming]
-    report = warm_up_symbols(model, image_processor_for(model_dir), loaders[1:], loaders[:1], steps=3, batch_size=4,
-                             progress=False)
+    report = warm_up_symbols(model, image_processor_for(model_dir), symbol_items(loaders[1:], progress=False),
+                             loaders[:1], steps=3, batch_size=4, progress=False)
     changed = {k for k, v in model.named_parameters() if not torch.equal(before[k], v)}
     assert changed and all(".visual." in k for k in changed), sorted(changed)[:5]
     assert report["steps"] == 3 and 0.0 <= report["held_out_symbol_accuracy"] <= 1.0
     assert report["held_out_symbol_accuracy_before"] in (0.0, 1.0)         # one held-out patch
+    assert not report["in_context"] and report["drills"] == len(zooming) - 1
+    once = {k: v.clone() for k, v in model.named_parameters()}
+    in_context = warm_up_symbols(model, image_processor_for(model_dir), symbol_items(loaders, True, progress=False),
+                                 loaders[:1], steps=2, batch_size=2, in_context=True, progress=False)
+    assert in_context["in_context"] and in_context["held_out_symbol_accuracy_before"] in (0.0, 1.0)
+    changed = {k for k, v in model.named_parameters() if not torch.equal(once[k], v)}
+    assert changed and all(".visual." in k for k in changed), sorted(changed)[:5]
 
 
 def test_the_symbol_probe_fits_a_fresh_head_on_the_tower_as_it_is(smoke_zooming):
@@ -101,12 +109,44 @@ def test_the_symbol_loss_trains_its_head_and_the_tower_alone(smoke_zooming, in_c
     _, models, zooming = smoke_zooming
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(models["small"], dtype=torch.float32)
     processor = image_processor_for(models["small"])
-    objective = SymbolLoss(model, processor, [lambda t=t: t for t in zooming], batch_size=2, progress=False,
-                           in_context=in_context)
+    items = symbol_items([lambda t=t: t for t in zooming], in_context, progress=False)
+    objective = SymbolLoss(model, processor, items, batch_size=2, in_context=in_context)
     loss = objective(model)
     loss.backward()
     moved = {k for k, v in model.named_parameters() if v.grad is not None and bool(v.grad.abs().sum() > 0)}
     assert float(loss) > 0 and moved and all(".visual." in k for k in moved), sorted(moved)[:5]
     assert bool(objective.head.weight.grad.abs().sum() > 0)
     with pytest.raises(ValueError, match="to train on; got none"):
-        SymbolLoss(model, processor, [], progress=False)
+        SymbolLoss(model, processor, [])
+
+
+def test_rendered_crops_are_the_runtimes_teacher_crops_with_a_drill_per_legible_tag_in_them():
+    from cof_edge.data import render_sample
+    from cof_edge.data.vsearch import TAG_COLOURS
+    from cof_edge.geometry import FACTOR
+    from cof_training.presets import get_preset
+    from cof_training.symbol_drills import RENDERED_STREAM
+
+    preset = get_preset("cpu-read")
+    items = rendered_tag_crops(preset, 2, crops_per_tag=2, progress=False)
+    scenes = [render_sample(preset.data_seed + RENDERED_STREAM, index) for index in range(2)]
+    crops = {id(crop) for crop, _, _ in items}
+    assert len(items) > len(crops) > 0                      # a crop often holds the asked tag's neighbours too
+    for crop, tokens, symbol in items:
+        assert max(crop.size) <= 364 and crop.size[0] * crop.size[1] <= preset.budgets.crop_max_pixels
+        tag = next(t for scene in scenes for t in scene.tags if SYMBOLS[symbol] == t.symbol
+                   and _shows(crop, tokens, TAG_COLOURS[t.colour], FACTOR))
+        assert tag and 1 <= len(tokens) <= 4
+    assert {SYMBOLS[s] for _, _, s in items} <= {t.symbol for scene in scenes for t in scene.tags}
+    assert rendered_tag_crops(preset, 2, crops_per_tag=2, progress=False)[0][1:] == items[0][1:]   # seeded
+
+
+def _shows(crop, tokens: list[int], rgb, factor: int) -> bool:
+    """Whether the merged tokens `tokens` of `crop` hold at least 20 pixels of the tag colour `rgb`."""
+    pixels, cols = np.asarray(crop.convert("RGB")).astype(int), crop.size[0] // factor
+    count = 0
+    for token in tokens:
+        row, col = divmod(token, cols)
+        block = pixels[row * factor:(row + 1) * factor, col * factor:(col + 1) * factor]
+        count += int((np.abs(block - np.array(rgb)).max(-1) <= 3).sum())
+    return count >= 20

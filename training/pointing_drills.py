@@ -230,22 +230,22 @@ def warm_up_copy(model, layout: TokenLayout, train: list, held: list, steps: int
 
 def warm_up_pointing(model, layout: TokenLayout, image_processor, train: list, held: list, steps: int,
                      batch_size: int, lr: float, system_prompt: str | None = None, seed: int = 0,
-                     reset_every: int = 0, attention_weight: float = 0.0, symbol_train: list = (),
+                     reset_every: int = 0, attention_weight: float = 0.0, symbol_items: list = (),
                      symbol_weight: float = 0.0, symbol_in_context: bool = False, progress: bool = True) -> dict:
     """Train `model` (tower and decoder) on pointing drills. `train` and `held`: zero-argument loaders
     (`CachedTrajectory.load`) of zooming trajectories, of different scenes (a scene's tags are where they are at
     every resolution and in every question). `attention_weight` > 0 adds `box_attention_loss` (head 0 of every
     decoder layer but the first) times it, run with eager attention. `symbol_weight` > 0 adds the symbol drills'
-    loss (`symbol_drills.SymbolLoss` on `symbol_train`, loaders of zooming attribute trajectories) times it, so that
-    the tower learns the box's features without losing the symbols (`symbol_in_context`: on `batch_size` whole crops,
-    the tag's tokens as the reply reads them, not 64 tag patches alone). Returns the held-out box scores and
-    `box_attention` before and after, the wall time and the weights."""
+    loss (`symbol_drills.SymbolLoss` on `symbol_items`, `symbol_drills.symbol_items`) times it, so that the tower
+    learns the box's features without losing the symbols (`symbol_in_context`: the items are whole crops, `batch_size`
+    of them a step, the tag's tokens as the reply reads them; else 64 tag patches alone). Returns the held-out box
+    scores and `box_attention` before and after, the wall time and the weights."""
     from .symbol_drills import SymbolLoss
 
     numbers = number_token_ids(layout)
     layers = range(1, model.config.text_config.num_hidden_layers)
-    symbols = SymbolLoss(model, image_processor, symbol_train, batch_size if symbol_in_context else 64, seed=seed,
-                         progress=progress, in_context=symbol_in_context) if symbol_weight else None
+    symbols = SymbolLoss(model, image_processor, symbol_items, batch_size if symbol_in_context else 64, seed=seed,
+                         in_context=symbol_in_context) if symbol_weight else None
 
     def objective(model, batch):
         if attention_weight:

@@ -70,6 +70,8 @@ class Preset:
     point_attention_weight: float = 0.0  # > 0: pointing drills also train attention onto the box (pointing_drills.py)
     point_batch_size: int = 16
     symbol_warmup_steps: int = 0         # tower steps on tag patches of the crops, after the vision drills
+    symbol_scenes: int = 0               # > 0: the symbol drills (stage and joint loss) on crops of this many scenes
+                                         # rendered for them, in context (symbol_drills.rendered_tag_crops)
     point_symbol_weight: float = 0.0     # > 0: the first pointing drills also train the symbol drills' loss, times it
     point_symbol_in_context: bool = False  # ... on the tag's tokens in whole crops, not on tag patches alone
     answer_warmup_steps: int = 0         # answer-drill steps after the pointing drills (answer_drills.py)

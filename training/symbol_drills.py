@@ -10,10 +10,16 @@ a step costs ~0.1 s here where a whole-view drill costs ~1 s. `probe_symbols` as
 moving it: a fresh linear head on its frozen patch features (what a later stage left of the symbols).
 `SymbolLoss` is the drills' objective alone, so that a stage that trains the tower for something else (the first
 pointing drills, `Preset.point_symbol_weight`) can add it to its own loss and keep the symbols.
+
+In context (`tag_tokens`): the whole crop, the head on the tag's merged tokens, which the tower's full-attention
+blocks have mixed with the rest of the crop, as the reply reads them. The cache holds one such drill per zooming
+attribute question (2,576 in the 600-scene cache: a tower overfits them), so `rendered_tag_crops` renders scenes of
+their own, every tag of each crop a drill (`Preset.symbol_scenes`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 
@@ -21,12 +27,14 @@ import torch
 
 from cof_edge.data.vsearch import SYMBOLS
 from cof_edge.geometry import FACTOR
+from cof_edge.images import render_view
 
 from .answer_drills import SYMBOL
 from .trajectories import Trajectory
-from .vision_drills import image_embeddings
+from .vision_drills import image_embeddings, scene_views
 
 PATCH = 2 * FACTOR
+RENDERED_STREAM = 500     # rendered_tag_crops' scenes: data stream preset.data_seed + this
 
 
 def asked_tag(traj: Trajectory) -> tuple[float, float, int]:
@@ -61,15 +69,44 @@ def symbol_batch(surrounds: list, image_processor, rng: random.Random | None) ->
     return {"pixel_values": out["pixel_values"], "grid": out["image_grid_thw"], "symbol": torch.tensor(symbols)}
 
 
+def centre_tokens(x: float, y: float, size: tuple[int, int]) -> list[int]:
+    """The merged tokens (raster order) of a view of `size` within one token of (x, y) on both axes: the `PATCH`
+    about it."""
+    cols, rows = size[0] // FACTOR, size[1] // FACTOR
+    return [row * cols + col for row in range(rows) for col in range(cols)
+            if abs((col + 0.5) * FACTOR - x) < FACTOR and abs((row + 0.5) * FACTOR - y) < FACTOR]
+
+
 def tag_tokens(traj: Trajectory) -> tuple:
-    """The last crop as the runtime renders it, the indices of its merged tokens under the asked tag (those within
-    one token of its centre on both axes: the `PATCH` about it), and the symbol's index."""
+    """The last crop as the runtime renders it, the indices of its merged tokens under the asked tag
+    (`centre_tokens`), and the symbol's index."""
     x, y, symbol = asked_tag(traj)
     crop = traj.images[-1]
-    cols, rows = crop.size[0] // FACTOR, crop.size[1] // FACTOR
-    tokens = [row * cols + col for row in range(rows) for col in range(cols)
-              if abs((col + 0.5) * FACTOR - x) < FACTOR and abs((row + 0.5) * FACTOR - y) < FACTOR]
-    return crop, tokens, symbol
+    return crop, centre_tokens(x, y, crop.size), symbol
+
+
+def rendered_tag_crops(preset, scenes: int, crops_per_tag: int = 2, legible_side: float = 16.0, seed: int = 0,
+                       progress: bool = True) -> list[tuple]:
+    """In-context symbol drills without the cache: `scenes` scenes of their own stream (`RENDERED_STREAM` past
+    `preset.data_seed`, so none is a training, held-out or evaluation scene), each at every zooming resolution of
+    `preset.resolutions`, `crops_per_tag` jittered teacher crops around each tag as the runtime renders them
+    (`vision_drills.scene_views`). An item (as `tag_tokens`) per tag of at least `legible_side` crop px whose centre
+    is in a crop: a crop often shows the asked tag's neighbours, and each is a drill of its own."""
+    from tqdm.auto import tqdm
+
+    resolutions = tuple(dict.fromkeys(preset.resolutions))
+    every_resolution = dataclasses.replace(preset, resolutions=resolutions, res_per_scene=len(resolutions))
+    rng, items = random.Random(seed), []
+    for index in tqdm(range(scenes), desc="symbol drills: rendering", disable=not progress):
+        for image, view, tags in scene_views(every_resolution, index, rng, crops_per_tag, global_views=False,
+                                             data_seed=preset.data_seed + RENDERED_STREAM):
+            crop = render_view(image, view)
+            for tag in tags:
+                x1, y1, x2, y2 = view.from_original(tag.box)
+                x, y = (x1 + x2) / 2, (y1 + y2) / 2
+                if 0 <= x < view.size[0] and 0 <= y < view.size[1] and min(x2 - x1, y2 - y1) >= legible_side:
+                    items.append((crop, centre_tokens(x, y, view.size), SYMBOLS.index(tag.symbol)))
+    return items
 
 
 def crop_batch(items: list, image_processor) -> dict:
@@ -94,22 +131,33 @@ def symbol_logits(model, head: torch.nn.Linear, batch: dict) -> torch.Tensor:
     return head(patch_means(model, batch))
 
 
+def symbol_items(train: list, in_context: bool = False, jitter: float = FACTOR / 2, progress: bool = True) -> list:
+    """The symbol drills of `train` (loaders of zooming attribute trajectories): the asked tag's surroundings for a
+    patch shifted by up to `jitter` px (`tag_surround`), or `in_context` its tokens in the whole crop (`tag_tokens`)."""
+    from tqdm.auto import tqdm
+
+    cut = tag_tokens if in_context else (lambda traj: tag_surround(traj, jitter))
+    return [cut(load()) for load in tqdm(train, desc="symbol drills: cutting", disable=not progress)]
+
+
+def centred_batch(loaders: list, image_processor, in_context: bool) -> dict:
+    """The symbol drills of `loaders` as scored: centred patches, or `in_context` the whole crops."""
+    items = symbol_items(loaders, in_context, jitter=0, progress=False)
+    return crop_batch(items, image_processor) if in_context else symbol_batch(items, image_processor, None)
+
+
 class SymbolLoss:
     """The symbol drills' objective, to train alone or as a term of another stage's loss: cross-entropy of a fresh
-    linear head (`head`, to be optimised with the tower) on `batch_size` patches of `train`'s crops, sampled and
-    shifted by up to `jitter` px with `random.Random(seed)`, at each call. `in_context`: on `batch_size` whole crops
-    instead, the head on the tag's tokens (`tag_tokens`), as the reply reads them."""
+    linear head (`head`, to be optimised with the tower) on `batch_size` of `items` (`symbol_items`), sampled (and
+    patches shifted) with `random.Random(seed)`, at each call. `in_context`: the items are whole crops
+    (`tag_tokens`, `rendered_tag_crops`), the head on the tag's tokens, as the reply reads them."""
 
-    def __init__(self, model, image_processor, train: list, batch_size: int = 64, jitter: float = FACTOR / 2,
-                 seed: int = 0, progress: bool = True, in_context: bool = False):
-        from tqdm.auto import tqdm
-
-        if not train:
+    def __init__(self, model, image_processor, items: list, batch_size: int = 64, seed: int = 0,
+                 in_context: bool = False):
+        if not items:
             raise ValueError("the symbol loss needs attribute trajectories that zoom, to train on; got none")
-        cut = tag_tokens if in_context else (lambda traj: tag_surround(traj, jitter))
-        self.items = [cut(load()) for load in tqdm(train, desc="symbol drills: cutting", disable=not progress)]
-        self.image_processor, self.batch_size, self.rng = image_processor, batch_size, random.Random(seed)
-        self.in_context = in_context
+        self.items, self.image_processor, self.batch_size = items, image_processor, batch_size
+        self.rng, self.in_context = random.Random(seed), in_context
         self.head = torch.nn.Linear(model.config.vision_config.out_hidden_size, len(SYMBOLS))
 
     def __call__(self, model) -> torch.Tensor:
@@ -119,19 +167,19 @@ class SymbolLoss:
         return torch.nn.functional.cross_entropy(symbol_logits(model, self.head, batch), batch["symbol"])
 
 
-def warm_up_symbols(model, image_processor, train: list, held: list, steps: int, batch_size: int = 64,
-                    lr: float = 1e-3, jitter: float = FACTOR / 2, seed: int = 0, progress: bool = True) -> dict:
-    """Train `model`'s vision tower on symbol drills. `train` and `held`: loaders of zooming attribute trajectories
-    with their `targets`, of different scenes. Returns the held-out symbol accuracy (centred patches) before and
-    after, and the wall time."""
+def warm_up_symbols(model, image_processor, items: list, held: list, steps: int, batch_size: int = 64,
+                    lr: float = 1e-3, seed: int = 0, in_context: bool = False, progress: bool = True) -> dict:
+    """Train `model`'s vision tower on symbol drills: `items` (`symbol_items`; `in_context`: whole crops). `held`:
+    loaders of zooming attribute trajectories of other scenes, scored as trained (centred patches, or the tag's
+    tokens in the crop). Returns the held-out symbol accuracy before and after, and the wall time."""
     from tqdm.auto import tqdm
 
-    if not train or not held:
+    if not items or not held:
         raise ValueError(f"symbol drills need attribute trajectories that zoom, to train on and to hold out; got "
-                         f"{len(train)} and {len(held)}")
+                         f"{len(items)} and {len(held)}")
     t0 = time.time()
-    objective = SymbolLoss(model, image_processor, train, batch_size, jitter, seed, progress)
-    held_batch = symbol_batch([tag_surround(load(), jitter) for load in held], image_processor, None)
+    objective = SymbolLoss(model, image_processor, items, batch_size, seed, in_context)
+    held_batch = centred_batch(held, image_processor, in_context)
 
     def accuracy() -> float:
         model.eval()
@@ -152,7 +200,7 @@ def warm_up_symbols(model, image_processor, train: list, held: list, steps: int,
         running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
         if step % 20 == 0:
             bar.set_postfix(symbol_ce=f"{running:.3f}")
-    return {"steps": steps, "batch_size": batch_size, "lr": lr, "jitter": jitter, "trajectories": len(train),
+    return {"steps": steps, "batch_size": batch_size, "lr": lr, "in_context": in_context, "drills": len(items),
             "held_out": len(held), "held_out_symbol_accuracy_before": before,
             "held_out_symbol_accuracy": accuracy(), "wall_time_s": round(time.time() - t0, 1)}
 
@@ -164,9 +212,7 @@ def patch_features(model, image_processor, loaders: list, batch_size: int = 64,
     features, symbols = [], []
     with torch.no_grad():
         for i in range(0, len(loaders), batch_size):
-            trajs = [load() for load in loaders[i:i + batch_size]]
-            batch = (crop_batch([tag_tokens(t) for t in trajs], image_processor) if in_context
-                     else symbol_batch([tag_surround(t, 0) for t in trajs], image_processor, None))
+            batch = centred_batch(loaders[i:i + batch_size], image_processor, in_context)
             features.append(patch_means(model, batch))
             symbols.append(batch["symbol"])
     return torch.cat(features), torch.cat(symbols)

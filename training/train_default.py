@@ -158,7 +158,7 @@ def pointed_init(init: Path, out: Path, cache: Path, preset, progress: bool = Tr
     `symbol_probe`: the report also holds `probe_symbols` of the tower after the drills (what they left of the
     symbols that the symbol drills taught), on tag patches alone and in context (`tower_symbol_probe_in_context`:
     the tag's tokens in the whole crop, as the reply reads them). `symbol_weight` > 0: each step also trains the
-    symbol drills' loss on their split (`symbol_split`), times it (in context if `preset.point_symbol_in_context`)."""
+    symbol drills' loss on their drills (`symbol_drill_items`), times it."""
     from tokenizers import Tokenizer
 
     from cof_edge.protocol import TokenLayout
@@ -169,13 +169,15 @@ def pointed_init(init: Path, out: Path, cache: Path, preset, progress: bool = Tr
 
     def train(model, src):
         layout, image_processor = TokenLayout(Tokenizer.from_file(str(src / "tokenizer.json"))), image_processor_for(src)
-        symbols = symbol_split(cache) if symbol_probe or symbol_weight else None
+        symbols = symbol_split(cache) if symbol_probe else None
+        items, in_context = (symbol_drill_items(cache, preset, preset.point_symbol_in_context, progress)
+                             if symbol_weight else ((), False))
         report = warm_up_pointing(model, layout, image_processor, *zooming_split(cache, held_out_scenes, held_out),
                                   preset.point_warmup_steps if steps is None else steps, preset.point_batch_size,
                                   preset.lr, preset.budgets.system_prompt, seed=preset.seed,
                                   reset_every=preset.drill_reset_every, attention_weight=preset.point_attention_weight,
-                                  symbol_train=symbols[0] if symbol_weight else (), symbol_weight=symbol_weight,
-                                  symbol_in_context=preset.point_symbol_in_context, progress=progress)
+                                  symbol_items=items, symbol_weight=symbol_weight, symbol_in_context=in_context,
+                                  progress=progress)
         if symbol_probe:
             report["tower_symbol_probe"] = probe_symbols(model, image_processor, *symbols)
             report["tower_symbol_probe_in_context"] = probe_symbols(model, image_processor, *symbols, in_context=True)
@@ -191,14 +193,37 @@ def symbol_split(cache: Path) -> tuple[list, list]:
     return zooming_split(cache, 40, 256, category=ATTRIBUTE)
 
 
+_RENDERED_SYMBOL_DRILLS: dict = {}
+
+
+def symbol_drill_items(cache: Path, preset, in_context: bool, progress: bool = True) -> tuple[list, bool]:
+    """What the symbol drills train on, and whether in context: the crops of `preset.symbol_scenes` scenes rendered
+    for them (`symbol_drills.rendered_tag_crops`, in context; rendered once per run, for every stage that needs
+    them), else `symbol_split`'s training part, cut as `in_context` asks."""
+    from .symbol_drills import rendered_tag_crops, symbol_items
+
+    if not preset.symbol_scenes:
+        return symbol_items(symbol_split(cache)[0], in_context, progress=progress), in_context
+    key = (preset.data_seed, preset.symbol_scenes, preset.resolutions, preset.seed)
+    if key not in _RENDERED_SYMBOL_DRILLS:
+        _RENDERED_SYMBOL_DRILLS[key] = rendered_tag_crops(preset, preset.symbol_scenes, seed=preset.seed,
+                                                          progress=progress)
+    return _RENDERED_SYMBOL_DRILLS[key], True
+
+
 def symbol_drilled_init(init: Path, out: Path, cache: Path, preset, progress: bool = True) -> tuple[Path, dict]:
-    """Stage 1b (training/symbol_drills.py): the tower tells the symbols apart on the asked tags of the crops."""
+    """Stage 1b (training/symbol_drills.py): the tower tells the symbols apart on the tags of the crops
+    (`symbol_drill_items`), scored on `symbol_split`'s held-out part."""
     from .sft import image_processor_for
     from .symbol_drills import warm_up_symbols
 
-    return warmed_init(init, out, "symbol_warmup", lambda model, src: warm_up_symbols(
-        model, image_processor_for(src), *symbol_split(cache), preset.symbol_warmup_steps, seed=preset.seed,
-        progress=progress))
+    def train(model, src):
+        items, in_context = symbol_drill_items(cache, preset, False, progress)
+        return warm_up_symbols(model, image_processor_for(src), items, symbol_split(cache)[1],
+                               preset.symbol_warmup_steps, preset.point_batch_size if in_context else 64,
+                               seed=preset.seed, in_context=in_context, progress=progress)
+
+    return warmed_init(init, out, "symbol_warmup", train)
 
 
 def answered_init(init: Path, out: Path, cache: Path, preset, progress: bool = True, held_out_scenes: int = 40,

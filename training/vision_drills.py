@@ -73,29 +73,37 @@ def tag_map(original, view: View, tags, legible_side: float) -> TagMap:
     return TagMap(render_view(original, view), colour, symbol)
 
 
-def scene_tag_maps(preset, index: int, rng: random.Random, legible_side: float | None = None) -> list[TagMap]:
-    """One scene at `preset.res_per_scene` training resolutions: its global view, and a jittered teacher crop
-    around each tag (the box off by up to half a merged token, as a model's boxes are). Budgets, box size, the
-    legible tag size (unless `legible_side` is given) and the no-zoom rule are the trajectory teacher's
+def scene_views(preset, index: int, rng: random.Random, crops_per_tag: int = 1, global_views: bool = True,
+                data_seed: int | None = None):
+    """Scene `index` (stream `data_seed`, default the preset's) at `preset.res_per_scene` training resolutions: per
+    resolution the image and its tags, the global view (if `global_views`), and `crops_per_tag` jittered teacher
+    crops around each tag (the box off by up to half a merged token, as a model's boxes are), as
+    (image, view, tags). Budgets, box size and the no-zoom rule are the trajectory teacher's
     (`cache.trajectory_config`)."""
-    sample = render_sample(preset.data_seed, index)
+    sample = render_sample(preset.data_seed if data_seed is None else data_seed, index)
     cfg = trajectory_config(preset)
-    options, legible_side = cfg.options, cfg.direct_min_side if legible_side is None else legible_side
-    out = []
+    options = cfg.options
     for resolution in rng.sample(list(preset.resolutions), min(preset.res_per_scene, len(preset.resolutions))):
         image = sample.image if resolution == max(sample.image.size) else resize_to_long_side(sample.image, resolution)
         tags = [dataclasses.replace(t, box=scale_box(t.box, sample.image.size, image.size)) for t in sample.tags]
         shown = global_view(image.size, options.global_min_pixels, options.global_max_pixels)
-        out.append(tag_map(image, shown, tags, legible_side))
+        if global_views:
+            yield image, shown, tags
         if max(image.size[0] / shown.size[0], image.size[1] / shown.size[1]) < cfg.min_detail_gain:
             continue  # no detail to gain: the teacher never zooms here
         for tag in tags:
-            box = view_box(tag.box, shown, cfg.box_min_side, cfg.box_grid)
-            jitter = [rng.uniform(-FACTOR / 2, FACTOR / 2) for _ in range(2)]
-            box = [box[0] + jitter[0], box[1] + jitter[1], box[2] + jitter[0], box[3] + jitter[1]]
-            crop = plan_crop(box, shown, image.size, options.crop_settings).view
-            out.append(tag_map(image, crop, tags, legible_side))
-    return out
+            for _ in range(crops_per_tag):
+                box = view_box(tag.box, shown, cfg.box_min_side, cfg.box_grid)
+                jitter = [rng.uniform(-FACTOR / 2, FACTOR / 2) for _ in range(2)]
+                box = [box[0] + jitter[0], box[1] + jitter[1], box[2] + jitter[0], box[3] + jitter[1]]
+                yield image, plan_crop(box, shown, image.size, options.crop_settings).view, tags
+
+
+def scene_tag_maps(preset, index: int, rng: random.Random, legible_side: float | None = None) -> list[TagMap]:
+    """`tag_map` of each of `scene_views`: the global views and one crop per tag; tags are legible from
+    `legible_side` view px (default the teacher's `direct_min_side`)."""
+    legible_side = trajectory_config(preset).direct_min_side if legible_side is None else legible_side
+    return [tag_map(image, view, tags, legible_side) for image, view, tags in scene_views(preset, index, rng)]
 
 
 def grid_positions(image) -> tuple[np.ndarray, np.ndarray]:
