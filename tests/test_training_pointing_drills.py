@@ -179,15 +179,22 @@ def test_pointing_drills_with_the_symbol_loss_train_its_head_and_move_the_tower_
     assert any(not torch.equal(plain[k], joint[k]) for k in plain)
 
 
+def _stub_split_and_stages(monkeypatch, work):
+    """`train_default` with a two-word symbol split, and stages that run their `train` at once, saving nothing."""
+    import cof_training.train_default as train_default
+
+    monkeypatch.setattr(train_default, "symbol_split", lambda cache: (["train"], ["held"]))
+    monkeypatch.setattr(train_default, "warmed_init", lambda init, out, stage, train, frozen_tower=False:
+                        (out, train(None, work / "init")))
+
+
 def test_point_first_with_the_symbol_loss_trains_and_probes_on_the_symbol_split(smoke, tmp_path, monkeypatch):
     import cof_training.train_default as train_default
     from cof_training import pointing_drills, symbol_drills
 
     _, _, cache = smoke
     work, pointed, probed = tmp_path / "work", [], []
-    monkeypatch.setattr(train_default, "symbol_split", lambda cache: (["train"], ["held"]))
-    monkeypatch.setattr(train_default, "warmed_init", lambda init, out, stage, train, frozen_tower=False:
-                        (out, train(None, work / "init")))
+    _stub_split_and_stages(monkeypatch, work)
     monkeypatch.setattr(symbol_drills, "symbol_items", lambda train, in_context, progress: [(train, in_context)])
     monkeypatch.setattr(pointing_drills, "warm_up_pointing", lambda *a, **k: pointed.append(
         (a[5], k["symbol_items"], k["symbol_weight"], k["symbol_in_context"])) or {})
@@ -206,9 +213,8 @@ def test_rendered_symbol_drills_are_rendered_once_and_train_every_tower_stage_in
 
     _, _, cache = smoke
     work, rendered, trained = tmp_path / "work", [], []
-    monkeypatch.setattr(train_default, "symbol_split", lambda cache: (["train"], ["held"]))
-    monkeypatch.setattr(train_default, "warmed_init", lambda init, out, stage, train, frozen_tower=False:
-                        (out, train(None, work / "init")))
+    _stub_split_and_stages(monkeypatch, work)
+    monkeypatch.setattr(train_default, "_RENDERED_SYMBOL_DRILLS", {})      # no crops from another test's run
     monkeypatch.setattr(symbol_drills, "rendered_tag_crops", lambda preset, scenes, seed, progress: rendered.append(
         scenes) or [("crop", [0], 1)] * scenes)
     monkeypatch.setattr(symbol_drills, "warm_up_symbols", lambda model, processor, items, held, steps, batch_size,

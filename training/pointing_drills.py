@@ -240,12 +240,12 @@ def warm_up_pointing(model, layout: TokenLayout, image_processor, train: list, h
     learns the box's features without losing the symbols (`symbol_in_context`: the items are whole crops, `batch_size`
     of them a step, the tag's tokens as the reply reads them; else 64 tag patches alone). Returns the held-out box
     scores and `box_attention` before and after, the wall time and the weights."""
-    from .symbol_drills import SymbolLoss
+    from .symbol_drills import SymbolLoss, drills_per_step
 
     numbers = number_token_ids(layout)
     layers = range(1, model.config.text_config.num_hidden_layers)
-    symbols = SymbolLoss(model, image_processor, symbol_items, batch_size if symbol_in_context else 64, seed=seed,
-                         in_context=symbol_in_context) if symbol_weight else None
+    symbols = SymbolLoss(model, image_processor, symbol_items, drills_per_step(symbol_in_context, batch_size),
+                         seed=seed, in_context=symbol_in_context) if symbol_weight else None
 
     def objective(model, batch):
         if attention_weight:

@@ -34,6 +34,7 @@ from .trajectories import Trajectory
 from .vision_drills import image_embeddings, scene_views
 
 PATCH = 2 * FACTOR
+PATCHES_PER_STEP = 64
 RENDERED_STREAM = 500     # rendered_tag_crops' scenes: data stream preset.data_seed + this
 
 
@@ -140,6 +141,12 @@ def symbol_items(train: list, in_context: bool = False, jitter: float = FACTOR /
     return [cut(load()) for load in tqdm(train, desc="symbol drills: cutting", disable=not progress)]
 
 
+def drills_per_step(in_context: bool, crops: int) -> int:
+    """A symbol-drill step's batch: `crops` whole crops in context (a crop costs as much as a pointing drill's
+    view), else `PATCHES_PER_STEP` patches (a patch is 1/36 of a crop)."""
+    return crops if in_context else PATCHES_PER_STEP
+
+
 def centred_batch(loaders: list, image_processor, in_context: bool) -> dict:
     """The symbol drills of `loaders` as scored: centred patches, or `in_context` the whole crops."""
     items = symbol_items(loaders, in_context, jitter=0, progress=False)
@@ -152,7 +159,7 @@ class SymbolLoss:
     patches shifted) with `random.Random(seed)`, at each call. `in_context`: the items are whole crops
     (`tag_tokens`, `rendered_tag_crops`), the head on the tag's tokens, as the reply reads them."""
 
-    def __init__(self, model, image_processor, items: list, batch_size: int = 64, seed: int = 0,
+    def __init__(self, model, image_processor, items: list, batch_size: int = PATCHES_PER_STEP, seed: int = 0,
                  in_context: bool = False):
         if not items:
             raise ValueError("the symbol loss needs attribute trajectories that zoom, to train on; got none")
@@ -167,7 +174,8 @@ class SymbolLoss:
         return torch.nn.functional.cross_entropy(symbol_logits(model, self.head, batch), batch["symbol"])
 
 
-def warm_up_symbols(model, image_processor, items: list, held: list, steps: int, batch_size: int = 64,
+def warm_up_symbols(model, image_processor, items: list, held: list, steps: int,
+                    batch_size: int = PATCHES_PER_STEP,
                     lr: float = 1e-3, seed: int = 0, in_context: bool = False, progress: bool = True) -> dict:
     """Train `model`'s vision tower on symbol drills: `items` (`symbol_items`; `in_context`: whole crops). `held`:
     loaders of zooming attribute trajectories of other scenes, scored as trained (centred patches, or the tag's

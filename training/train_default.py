@@ -204,7 +204,7 @@ def symbol_drill_items(cache: Path, preset, in_context: bool, progress: bool = T
 
     if not preset.symbol_scenes:
         return symbol_items(symbol_split(cache)[0], in_context, progress=progress), in_context
-    key = (preset.data_seed, preset.symbol_scenes, preset.resolutions, preset.seed)
+    key = repr(preset)    # every field: the same preset renders the same crops
     if key not in _RENDERED_SYMBOL_DRILLS:
         _RENDERED_SYMBOL_DRILLS[key] = rendered_tag_crops(preset, preset.symbol_scenes, seed=preset.seed,
                                                           progress=progress)
@@ -215,12 +215,12 @@ def symbol_drilled_init(init: Path, out: Path, cache: Path, preset, progress: bo
     """Stage 1b (training/symbol_drills.py): the tower tells the symbols apart on the tags of the crops
     (`symbol_drill_items`), scored on `symbol_split`'s held-out part."""
     from .sft import image_processor_for
-    from .symbol_drills import warm_up_symbols
+    from .symbol_drills import drills_per_step, warm_up_symbols
 
     def train(model, src):
         items, in_context = symbol_drill_items(cache, preset, False, progress)
         return warm_up_symbols(model, image_processor_for(src), items, symbol_split(cache)[1],
-                               preset.symbol_warmup_steps, preset.point_batch_size if in_context else 64,
+                               preset.symbol_warmup_steps, drills_per_step(in_context, preset.point_batch_size),
                                seed=preset.seed, in_context=in_context, progress=progress)
 
     return warmed_init(init, out, "symbol_warmup", train)
